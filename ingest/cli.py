@@ -1,0 +1,133 @@
+"""`dicom-ingest`: parse arguments, show progress, print the summary, map outcomes to exit codes.
+
+Exit codes: 0 every DICOM file found was ingested (or unchanged), 1 some files failed (listed),
+2 usage error (bad path, bad URL), 3 the database could not be opened or written, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from typing import TextIO
+
+from tqdm import tqdm
+
+from ingest.db import DatabaseError, Store, normalise_url
+from ingest.pipeline import (
+    DUPLICATE, FAILED, INGESTED, NOT_DICOM, NOT_REACHED, UNCHANGED, Ingest, Summary, walk,
+)
+
+EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_DATABASE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+DEFAULT_DB = "sqlite:///dicom.db"
+LISTED_FAILURES = 50
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicom-ingest",
+        description="Walk files and folders recursively, read DICOM headers and fill the dicom-db database "
+        "(Patient, Study, Series, SliceMetadata). Unchanged files are skipped on later runs.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or folders to walk")
+    parser.add_argument(
+        "--db", default=os.environ.get("DATABASE_URL", DEFAULT_DB),
+        help="database URL: sqlite:///FILE or postgresql://USER@HOST/DB (default: $DATABASE_URL, else %(default)s)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1,
+        help="worker processes parsing headers (default: all cores, %(default)s here)",
+    )
+    parser.add_argument("--errors", metavar="FILE", help="write one JSON line per failed or non-DICOM file")
+    parser.add_argument("--quiet", action="store_true", help="print nothing but the summary")
+    parser.add_argument("--batch-size", type=int, default=1000, help="files per transaction (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code = _run(args)
+    except KeyboardInterrupt:  # Ctrl-C before the run started writing
+        print("dicom-ingest: interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
+
+
+def _run(args: argparse.Namespace) -> int:
+    missing = [p for p in args.paths if not os.path.lexists(p)]
+    if missing:
+        return _usage(f"no such file or directory: {', '.join(missing)}")
+    if args.jobs < 1 or args.batch_size < 1:
+        return _usage("--jobs and --batch-size must be at least 1")
+    try:
+        normalise_url(args.db)
+    except DatabaseError as exc:
+        return _usage(str(exc))
+    return asyncio.run(_ingest(args))
+
+
+async def _ingest(args: argparse.Namespace) -> int:
+    store = Store(args.db)
+    try:
+        await store.open()
+    except DatabaseError as exc:
+        print(f"dicom-ingest: {exc}", file=sys.stderr)
+        return EXIT_DATABASE
+    found, bad = walk(args.paths)
+    show_bar = not args.quiet and sys.stderr.isatty()
+    bar = tqdm(total=len(found), unit="file", disable=not show_bar, file=sys.stderr, smoothing=0.1)
+    ingest = Ingest(store, args.jobs, batch_size=args.batch_size, progress=bar.update)
+    previous = signal.signal(signal.SIGINT, lambda *_: ingest.request_stop())
+    try:
+        summary = await ingest.run(found, bad)
+    except DatabaseError as exc:
+        bar.close()
+        print(f"dicom-ingest: {exc}", file=sys.stderr)
+        print("dicom-ingest: stopped; every batch committed before this error is kept", file=sys.stderr)
+        return EXIT_DATABASE
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        bar.close()
+        await store.close()
+    if args.errors:
+        _write_errors(args.errors, summary)
+    _print_summary(summary, sys.stdout, sys.stderr)
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED_FILES if summary.counts[FAILED] else EXIT_OK
+
+
+def _usage(message: str) -> int:
+    print(f"dicom-ingest: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _write_errors(path: str, summary: Summary) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for p in summary.problems:
+            fh.write(json.dumps({"path": p.path, "status": p.status, "reason": p.reason}, ensure_ascii=False) + "\n")
+
+
+def _print_summary(summary: Summary, out: TextIO, err: TextIO) -> None:
+    failed = [p for p in summary.problems if p.status == FAILED]
+    for p in failed[:LISTED_FAILURES]:
+        print(f"failed: {p.path}: {p.reason}", file=err)
+    if len(failed) > LISTED_FAILURES:
+        print(f"... and {len(failed) - LISTED_FAILURES} more failed files (list them all with --errors FILE)", file=err)
+    c = summary.counts
+    rate = (c[INGESTED] + c[DUPLICATE]) / summary.seconds if summary.seconds else 0.0
+    parts = [
+        f"{summary.found} files found",
+        f"{c[INGESTED]} ingested",
+        f"{c[UNCHANGED]} unchanged",
+        f"{c[DUPLICATE]} duplicates",
+        f"{c[NOT_DICOM]} not DICOM",
+        f"{c[FAILED]} failed",
+    ]
+    if summary.interrupted:
+        parts.append(f"{c[NOT_REACHED]} not reached (interrupted)")
+    print(f"dicom-ingest: {', '.join(parts)} in {summary.seconds:.1f} s ({rate:.0f} files/s)", file=out)

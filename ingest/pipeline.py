@@ -1,0 +1,254 @@
+"""The ingest run: walk the paths, skip unchanged files, parse the rest in worker processes, write batches.
+
+Files are processed in sorted path order and results are consumed in that order, so that a run that was
+interrupted and started again writes exactly what one uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import stat
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingest.db import IndexedFile, Store
+from ingest.reader import FileResult, read_file
+
+# Statuses a file can end a run with; the summary counts one per file found.
+INGESTED, UNCHANGED, DUPLICATE, NOT_DICOM, FAILED, NOT_REACHED = (
+    "ingested", "unchanged", "duplicate", "not_dicom", "failed", "not_reached",
+)
+SKIPPABLE = {INGESTED, DUPLICATE, NOT_DICOM}  # a failed file is tried again on every run
+
+
+@dataclass(frozen=True, slots=True)
+class FoundFile:
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    path: str
+    status: str
+    reason: str | None = None
+
+
+@dataclass
+class Summary:
+    found: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        (INGESTED, UNCHANGED, DUPLICATE, NOT_DICOM, FAILED, NOT_REACHED), 0))
+    problems: list[Outcome] = field(default_factory=list)  # failed and not-DICOM files, with reasons
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    def add(self, outcome: Outcome) -> None:
+        self.counts[outcome.status] += 1
+        if outcome.status in (FAILED, NOT_DICOM):
+            self.problems.append(outcome)
+
+
+def walk(paths: Iterable[str]) -> tuple[list[FoundFile], list[Outcome]]:
+    """Every regular file under `paths`, sorted, and the entries that cannot be files to read.
+
+    Symbolic links to files are followed; links to directories are not (no cycles, no double counting).
+    """
+    found: list[FoundFile] = []
+    bad: list[Outcome] = []
+
+    def visit(path: str) -> None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            if os.path.islink(path):
+                bad.append(Outcome(path, FAILED, "broken symbolic link"))
+            else:
+                bad.append(Outcome(path, FAILED, "file vanished during the walk"))
+            return
+        except OSError as exc:
+            bad.append(Outcome(path, FAILED, f"cannot stat: {exc.strerror}"))
+            return
+        if stat.S_ISDIR(st.st_mode):
+            if os.path.islink(path):
+                return
+            try:
+                names = sorted(os.listdir(path))
+            except OSError as exc:
+                bad.append(Outcome(path, FAILED, f"cannot list directory: {exc.strerror}"))
+                return
+            for name in names:
+                visit(os.path.join(path, name))
+        elif stat.S_ISREG(st.st_mode):
+            found.append(FoundFile(path, st.st_size, st.st_mtime_ns))
+        else:
+            bad.append(Outcome(path, NOT_DICOM, "not a regular file"))
+
+    for root in paths:
+        visit(os.path.abspath(root))
+    found.sort(key=lambda f: f.path)
+    return found, bad
+
+
+def _worker_init() -> None:
+    # The parent decides what Ctrl-C means; workers just keep parsing until told to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _quiet_pydicom()
+
+
+def _quiet_pydicom() -> None:
+    warnings.simplefilter("ignore")
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+
+
+@dataclass
+class Batch:
+    items: list[tuple[FoundFile, FileResult]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class Ingest:
+    """One run of dicom-ingest against one database."""
+
+    def __init__(
+        self,
+        store: Store,
+        jobs: int,
+        batch_size: int = 1000,
+        batch_seconds: float = 2.0,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.jobs = max(1, jobs)
+        self.batch_size = batch_size
+        self.batch_seconds = batch_seconds
+        self.progress = progress or (lambda n: None)
+        self.stop_requested = False
+        self.summary = Summary()
+        self._index: dict[str, IndexedFile] = {}
+
+    def request_stop(self) -> None:
+        self.stop_requested = True
+
+    async def run(self, found: list[FoundFile], bad: list[Outcome]) -> Summary:
+        start = time.perf_counter()
+        self.summary.found = len(found) + len(bad)
+        for outcome in bad:
+            self.summary.add(outcome)
+        self._index = await self.store.file_index()
+        todo = [f for f in found if not self._skip(f)]
+        batch, last_flush, done = Batch(), time.monotonic(), 0
+        for item in self._parse(todo):
+            batch.items.append(item)
+            done += 1
+            self.progress(1)
+            if self.stop_requested:
+                break
+            if len(batch) >= self.batch_size or time.monotonic() - last_flush > self.batch_seconds:
+                await self._flush(batch)
+                batch, last_flush = Batch(), time.monotonic()
+        await self._flush(batch)
+        if self.stop_requested:
+            self.summary.interrupted = True
+            self.summary.counts[NOT_REACHED] += len(todo) - done
+        self.summary.seconds = time.perf_counter() - start
+        return self.summary
+
+    def _skip(self, f: FoundFile) -> bool:
+        known = self._index.get(f.path)
+        if known and known.size == f.size and known.mtime_ns == f.mtime_ns and known.status in SKIPPABLE:
+            if known.status == NOT_DICOM:
+                self.summary.add(Outcome(f.path, NOT_DICOM, "unchanged since it was found not to be DICOM"))
+            else:
+                self.summary.add(Outcome(f.path, UNCHANGED))
+            self.progress(1)
+            return True
+        return False
+
+    def _parse(self, todo: list[FoundFile]) -> Iterator[tuple[FoundFile, FileResult]]:
+        if not todo:
+            return
+        if self.jobs == 1 or len(todo) < 4:
+            _quiet_pydicom()
+            for f in todo:
+                yield f, read_file(f.path)
+            return
+        ctx = multiprocessing.get_context("fork")
+        chunk = max(1, min(32, len(todo) // (self.jobs * 8)))
+        with ctx.Pool(self.jobs, initializer=_worker_init) as pool:
+            yield from zip(todo, pool.imap(read_file, (f.path for f in todo), chunksize=chunk), strict=True)
+            pool.terminate()
+
+    async def _flush(self, batch: Batch) -> None:
+        if not batch.items:
+            return
+        dicom = [(f, r) for f, r in batch.items if r.status == "dicom"]
+        owners = await self.store.sop_owners([r.slice["SOPInstanceUID"] for _, r in dicom])
+        patients: dict[str, dict[str, Any]] = {}
+        studies: dict[str, dict[str, Any]] = {}
+        series: dict[str, dict[str, Any]] = {}
+        slices: list[dict[str, Any]] = []
+        sources: list[dict[str, Any]] = []
+        released: list[str] = []
+        vanished: list[str] = []
+        outcomes: list[Outcome] = []
+        for f, r in batch.items:
+            sop = r.slice.get("SOPInstanceUID") if r.status == "dicom" else None
+            status, reason = {"dicom": INGESTED}.get(r.status, r.status), r.reason
+            if sop is not None:
+                owner = owners.get(sop)
+                if owner is not None and owner != f.path and not os.path.exists(owner):
+                    vanished.append(owner)  # the file moved: this path takes over its instance
+                    owner = None
+                if owner is not None and owner != f.path:
+                    status, reason = DUPLICATE, f"same SOPInstanceUID as {owner}"
+                else:
+                    owners[sop] = f.path
+                    _merge(patients, r.patient["PatientID"], r.patient)
+                    _merge(studies, r.study["StudyInstanceUID"], r.study)
+                    _keep_representative(series, r.series)
+                    slices.append(r.slice)
+            previous = self._index.get(f.path)
+            if (
+                previous is not None and previous.status == INGESTED and previous.sop_uid
+                and previous.sop_uid != sop and status != FAILED
+            ):
+                released.append(previous.sop_uid)
+            if status == FAILED and previous is not None and previous.status == INGESTED:
+                # Keep the instance the file held when it last read well; record the failure.
+                sop = previous.sop_uid
+            sources.append({
+                "Path": f.path, "Size": f.size, "MtimeNs": f.mtime_ns, "Status": status,
+                "SOPInstanceUID": sop, "Reason": reason,
+            })
+            outcomes.append(Outcome(f.path, status, reason))
+        await self.store.write_batch(
+            patients.values(), studies.values(), series.values(), slices, sources, released, vanished
+        )
+        # Count only once the batch is committed: an interrupted write counts nothing.
+        for outcome in outcomes:
+            self.summary.add(outcome)
+
+
+def _merge(rows: dict[str, dict[str, Any]], key: str, row: dict[str, Any]) -> None:
+    """Later files win, but a missing value never erases a known one (as the upsert does)."""
+    current = rows.get(key)
+    if current is None:
+        rows[key] = dict(row)
+    else:
+        current.update({k: v for k, v in row.items() if v is not None})
+
+
+def _keep_representative(rows: dict[str, dict[str, Any]], row: dict[str, Any]) -> None:
+    current = rows.get(row["SeriesInstanceUID"])
+    if current is None or row["RepresentativeKey"] <= current["RepresentativeKey"]:
+        rows[row["SeriesInstanceUID"]] = row

@@ -1,0 +1,287 @@
+"""Read one DICOM file's header into plain Python values: the only module that imports pydicom.
+
+`read_file(path)` never raises for bad input: it returns a `FileResult` whose `status` says what the file
+was (`dicom`, `not_dicom` or `failed`) and, for failures, a `reason` a person can act on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydicom
+import pydicom.config
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.valuerep import PersonName
+
+# Values that break a VR's rules are kept as read instead of raising on access; ingest never fails a whole
+# file for one malformed number.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+# Column -> DICOM keyword, per table. Columns whose name is not a DICOM keyword are mapped explicitly.
+PATIENT_COLUMNS: dict[str, str] = {
+    "PatientID": "PatientID",
+    "PatientName": "PatientName",
+    "PatientSex": "PatientSex",
+    "PatientAge": "PatientAge",
+    "PatientBirthDate": "PatientBirthDate",
+    "PatientIdentityRemoved": "PatientIdentityRemoved",
+    "DeIdentificationMethod": "DeidentificationMethod",
+    "LastMenstrualDate": "LastMenstrualDate",
+}
+STUDY_COLUMNS: dict[str, str] = {
+    "StudyInstanceUID": "StudyInstanceUID",
+    "StudyDescription": "StudyDescription",
+    "StudyDate": "StudyDate",
+    "StudyTime": "StudyTime",
+    "StudyID": "StudyID",
+    "SeriesDate": "SeriesDate",
+    "ReferringPhysicianName": "ReferringPhysicianName",
+}
+SERIES_COLUMNS: dict[str, str] = {
+    "SeriesInstanceUID": "SeriesInstanceUID",
+    "SeriesDescription": "SeriesDescription",
+    "Modality": "Modality",
+    "SliceThickness": "SliceThickness",
+    "PixelSpacing": "PixelSpacing",
+    "ImagePositionPatient": "ImagePositionPatient",
+    "ImageOrientationPatient": "ImageOrientationPatient",
+    "Rows": "Rows",
+    "Columns": "Columns",
+    "ImageType": "ImageType",
+    "AcquisitionNumber": "AcquisitionNumber",
+    "InstanceNumber": "InstanceNumber",
+    "PatientPosition": "PatientPosition",
+    "ExposureTime": "ExposureTime",
+    "KVP": "KVP",
+    "TableHeight": "TableHeight",
+    "SliceLocation": "SliceLocation",
+    "BodyPartExamined": "BodyPartExamined",
+    "ScanOptions": "ScanOptions",
+    "ReconstructionDiameter": "ReconstructionDiameter",
+    "DistanceSourceToPatient": "DistanceSourceToPatient",
+    "GantryDetectorTilt": "GantryDetectorTilt",
+    "RotationDirection": "RotationDirection",
+    "ConvolutionKernel": "ConvolutionKernel",
+}
+SLICE_COLUMNS: dict[str, str] = {
+    "SOPInstanceUID": "SOPInstanceUID",
+    "SOPClassUID": "SOPClassUID",
+    "AcquisitionDate": "AcquisitionDate",
+    "AcquisitionTime": "AcquisitionTime",
+    "ContrastBolusAgent": "ContrastBolusAgent",
+    "AccessionNumber": "AccessionNumber",
+    # No attribute is called SliceNumber: the instance's InstanceNumber (0020,0013) numbers the slice.
+    "SliceNumber": "InstanceNumber",
+    "SliceLocation": "SliceLocation",
+    "SliceThickness": "SliceThickness",
+    "PixelPaddingValue": "PixelPaddingValue",
+    "RescaleIntercept": "RescaleIntercept",
+    "RescaleSlope": "RescaleSlope",
+    # The de-identification flag "Longitudinal Temporal Information Modified" (0028,0303).
+    "LongitudinalTemporalInfo": "LongitudinalTemporalInformationModified",
+    "ImagePositionPatient": "ImagePositionPatient",
+}
+
+# How each column is stored: the seed types decide (TEXT columns keep DICOM's text form, numbers are numbers).
+INT_COLUMNS = {"Rows", "Columns", "ExposureTime", "SliceNumber", "PixelPaddingValue"}
+FLOAT_COLUMNS = {
+    "KVP", "TableHeight", "SliceLocation", "ReconstructionDiameter", "DistanceSourceToPatient",
+    "GantryDetectorTilt", "RescaleIntercept", "RescaleSlope",
+}
+DATE_KEYWORDS = {"PatientBirthDate", "LastMenstrualDate", "StudyDate", "SeriesDate", "AcquisitionDate"}
+TIME_KEYWORDS = {"StudyTime", "AcquisitionTime"}
+
+EXTRA_KEYWORDS = ("SpecificCharacterSet", "PixelRepresentation", "DirectoryRecordSequence")
+KEYWORDS: list[str] = sorted(
+    {
+        *PATIENT_COLUMNS.values(), *STUDY_COLUMNS.values(), *SERIES_COLUMNS.values(),
+        *SLICE_COLUMNS.values(), *EXTRA_KEYWORDS,
+    }
+)
+
+
+@dataclass(slots=True)
+class FileResult:
+    """What one file held: plain values per table, or why it was not ingested."""
+
+    path: str
+    status: str  # "dicom" | "not_dicom" | "failed"
+    reason: str | None = None
+    patient: dict[str, Any] = field(default_factory=dict)
+    study: dict[str, Any] = field(default_factory=dict)
+    series: dict[str, Any] = field(default_factory=dict)
+    slice: dict[str, Any] = field(default_factory=dict)
+
+
+def read_file(path: str) -> FileResult:
+    """Parse the header of `path` (no pixel data, only the tags the tables need)."""
+    try:
+        ds = _read(path)
+    except _NotDicom as exc:
+        return FileResult(path, "not_dicom", str(exc))
+    except RecursionError:
+        return FileResult(path, "failed", "sequences nested too deeply to parse")
+    except (InvalidDicomError, EOFError) as exc:
+        return FileResult(path, "failed", f"invalid DICOM: {_one_line(exc)}")
+    except OSError as exc:
+        return FileResult(path, "failed", f"cannot read file: {exc.strerror or _one_line(exc)}")
+    except Exception as exc:  # pydicom raises many kinds on corrupt input; report, never crash a run
+        return FileResult(path, "failed", f"cannot parse DICOM header: {type(exc).__name__}: {_one_line(exc)}")
+    try:
+        return _to_result(path, ds)
+    except RecursionError:
+        return FileResult(path, "failed", "sequences nested too deeply to parse")
+    except Exception as exc:
+        return FileResult(path, "failed", f"cannot decode DICOM header: {type(exc).__name__}: {_one_line(exc)}")
+
+
+class _NotDicom(Exception):
+    pass
+
+
+def _read(path: str) -> Dataset:
+    if os.path.getsize(path) == 0:
+        raise _NotDicom("empty file")
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=KEYWORDS)
+    except InvalidDicomError:
+        # A file without the 128-byte preamble and "DICM" may still be DICOM (old ACR-NEMA style or a raw
+        # dataset): read it only when it starts like a dataset (an element of group 0002 or 0008), so that
+        # text files and images are never "read" as junk.
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        if head[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"):
+            return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=KEYWORDS, force=True)
+        raise _NotDicom("not a DICOM file (no DICM prefix, does not start with a DICOM element)") from None
+
+
+def _to_result(path: str, ds: Dataset) -> FileResult:
+    if _text(ds, "SOPClassUID") == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
+        return FileResult(path, "not_dicom", "DICOMDIR (a media directory, not an image)")
+    values = {kw: _value(ds, kw) for kw in KEYWORDS if kw not in EXTRA_KEYWORDS}
+    missing = [kw for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not values.get(kw)]
+    if missing:
+        return FileResult(path, "failed", "missing " + ", ".join(missing))
+
+    patient = {col: values[kw] for col, kw in PATIENT_COLUMNS.items()}
+    patient["PatientIDGenerated"] = 0
+    if not patient["PatientID"]:
+        # No ID: one synthetic patient per study, so that studies of different people are never merged.
+        patient["PatientID"] = "NOID-" + values["StudyInstanceUID"]
+        patient["PatientIDGenerated"] = 1
+    study = {col: values[kw] for col, kw in STUDY_COLUMNS.items()}
+    study["PatientID"] = patient["PatientID"]
+    series = {col: _typed(col, values[kw]) for col, kw in SERIES_COLUMNS.items()}
+    series["StudyInstanceUID"] = values["StudyInstanceUID"]
+    series["SliceThicknessValue"] = _as_float(values["SliceThickness"])
+    series["RepresentativeKey"] = representative_key(values["InstanceNumber"], values["SOPInstanceUID"])
+    slice_ = {col: _typed(col, values[kw]) for col, kw in SLICE_COLUMNS.items()}
+    slice_["SeriesInstanceUID"] = values["SeriesInstanceUID"]
+    return FileResult(path, "dicom", None, patient, study, series, slice_)
+
+
+def representative_key(instance_number: str | None, sop_uid: str) -> str:
+    """Sort key choosing a series' representative instance: smallest InstanceNumber, then SOPInstanceUID."""
+    number = _as_int(instance_number)
+    # Offset so that negative numbers sort before positive ones as text; instances without a number last.
+    rank = f"{number + 10**11:013d}" if number is not None and abs(number) < 10**11 else "9" * 13
+    return f"{rank}|{sop_uid}"
+
+
+def _value(ds: Dataset, keyword: str) -> str | None:
+    """The element as DICOM text: multi-values joined with a backslash, names as Unicode, dates ISO."""
+    if keyword not in ds:
+        return None
+    elem = ds[keyword]
+    value = elem.value
+    if value is None or value == "" or value == b"":
+        return None
+    if isinstance(value, bytes):
+        # Ambiguous VRs (US or SS) read without the tag that resolves them arrive as raw bytes.
+        if keyword == "PixelPaddingValue" and len(value) in (2, 4):
+            signed = ds.get("PixelRepresentation", 0) == 1
+            return str(int.from_bytes(value, "big" if not ds.is_little_endian else "little", signed=signed))
+        return value.decode("latin-1").strip("\x00 ") or None
+    if keyword in DATE_KEYWORDS:
+        return iso_date(str(value))
+    if keyword in TIME_KEYWORDS:
+        return iso_time(str(value))
+    if isinstance(value, MultiValue | list | tuple):
+        text = "\\".join(_scalar(v) for v in value)
+    else:
+        text = _scalar(value)
+    text = text.strip("\x00 ")
+    return text or None
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, PersonName):
+        return str(value)  # decoded with SpecificCharacterSet; keeps the "=" component groups
+    return str(value)
+
+
+_DATE = re.compile(r"^(\d{4})\.?(\d{2})\.?(\d{2})$")
+_TIME = re.compile(r"^(\d{2}):?(\d{2})?:?(\d{2})?(\.\d{1,6})?$")
+
+
+def iso_date(text: str) -> str | None:
+    """DICOM DA (YYYYMMDD, or ACR-NEMA YYYY.MM.DD) as an ISO date; the original text if it is not a date."""
+    text = text.strip()
+    match = _DATE.match(text)
+    if match:
+        try:
+            return dt.date(*(int(g) for g in match.groups())).isoformat()
+        except ValueError:
+            pass
+    return text or None
+
+
+def iso_time(text: str) -> str | None:
+    """DICOM TM (HHMMSS.FFFFFF, parts optional) as an ISO time; the original text if it is not a time."""
+    text = text.strip()
+    match = _TIME.match(text)
+    if match:
+        hh, mm, ss, frac = match.groups()
+        if int(hh) < 24 and int(mm or 0) < 60 and int(ss or 0) < 61:
+            return f"{hh}:{mm or '00'}:{ss or '00'}{frac or ''}"
+    return text or None
+
+
+def _typed(column: str, text: str | None) -> Any:
+    if column in INT_COLUMNS:
+        return _as_int(text)
+    if column in FLOAT_COLUMNS:
+        return _as_float(text)
+    return text
+
+
+def _as_float(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        number = float(text.split("\\")[0])
+    except ValueError:
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def _as_int(text: str | None) -> int | None:
+    number = _as_float(text)
+    return int(number) if number is not None and number.is_integer() else None
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    return str(value) if value not in (None, "") else None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
