@@ -18,7 +18,15 @@ from tqdm import tqdm
 
 from ingest.db import DatabaseError, Store, normalise_url
 from ingest.pipeline import (
-    DUPLICATE, FAILED, INGESTED, NOT_DICOM, NOT_REACHED, UNCHANGED, Ingest, Summary, walk,
+    DUPLICATE,
+    FAILED,
+    INGESTED,
+    NOT_DICOM,
+    NOT_REACHED,
+    UNCHANGED,
+    Ingest,
+    Summary,
+    walk,
 )
 
 EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_DATABASE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -34,11 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or folders to walk")
     parser.add_argument(
-        "--db", default=os.environ.get("DATABASE_URL", DEFAULT_DB),
+        "--db",
+        default=os.environ.get("DATABASE_URL", DEFAULT_DB),
         help="database URL: sqlite:///FILE or postgresql://USER@HOST/DB (default: $DATABASE_URL, else %(default)s)",
     )
     parser.add_argument(
-        "--jobs", type=int, default=os.cpu_count() or 1,
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
         help="worker processes parsing headers (default: all cores, %(default)s here)",
     )
     parser.add_argument("--errors", metavar="FILE", help="write one JSON line per failed or non-DICOM file")

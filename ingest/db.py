@@ -38,24 +38,71 @@ class IndexedFile:
 
 
 PATIENT_FIELDS = (
-    "PatientID", "PatientName", "PatientSex", "PatientAge", "PatientBirthDate", "PatientIdentityRemoved",
-    "DeIdentificationMethod", "LastMenstrualDate", "PatientIDGenerated",
+    "PatientID",
+    "PatientName",
+    "PatientSex",
+    "PatientAge",
+    "PatientBirthDate",
+    "PatientIdentityRemoved",
+    "DeIdentificationMethod",
+    "LastMenstrualDate",
+    "PatientIDGenerated",
 )
 STUDY_FIELDS = (
-    "StudyInstanceUID", "PatientID", "StudyDescription", "StudyDate", "StudyTime", "StudyID", "SeriesDate",
+    "StudyInstanceUID",
+    "PatientID",
+    "StudyDescription",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "SeriesDate",
     "ReferringPhysicianName",
 )
 SERIES_FIELDS = (
-    "SeriesInstanceUID", "StudyInstanceUID", "SeriesDescription", "Modality", "SliceThickness", "PixelSpacing",
-    "ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns", "ImageType", "AcquisitionNumber",
-    "InstanceNumber", "PatientPosition", "ExposureTime", "KVP", "TableHeight", "SliceLocation",
-    "BodyPartExamined", "ScanOptions", "ReconstructionDiameter", "DistanceSourceToPatient", "GantryDetectorTilt",
-    "RotationDirection", "ConvolutionKernel", "RepresentativeKey", "SliceThicknessValue",
+    "SeriesInstanceUID",
+    "StudyInstanceUID",
+    "SeriesDescription",
+    "Modality",
+    "SliceThickness",
+    "PixelSpacing",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "Rows",
+    "Columns",
+    "ImageType",
+    "AcquisitionNumber",
+    "InstanceNumber",
+    "PatientPosition",
+    "ExposureTime",
+    "KVP",
+    "TableHeight",
+    "SliceLocation",
+    "BodyPartExamined",
+    "ScanOptions",
+    "ReconstructionDiameter",
+    "DistanceSourceToPatient",
+    "GantryDetectorTilt",
+    "RotationDirection",
+    "ConvolutionKernel",
+    "RepresentativeKey",
+    "SliceThicknessValue",
 )
 SLICE_FIELDS = (
-    "SOPInstanceUID", "SeriesInstanceUID", "SOPClassUID", "AcquisitionDate", "AcquisitionTime",
-    "ContrastBolusAgent", "AccessionNumber", "SliceNumber", "SliceLocation", "SliceThickness",
-    "PixelPaddingValue", "RescaleIntercept", "RescaleSlope", "LongitudinalTemporalInfo", "ImagePositionPatient",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "SOPClassUID",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "ContrastBolusAgent",
+    "AccessionNumber",
+    "SliceNumber",
+    "SliceLocation",
+    "SliceThickness",
+    "PixelPaddingValue",
+    "RescaleIntercept",
+    "RescaleSlope",
+    "LongitudinalTemporalInfo",
+    "ImagePositionPatient",
 )
 SOURCE_FIELDS = ("Path", "Size", "MtimeNs", "Status", "SOPInstanceUID", "Reason")
 
@@ -64,10 +111,7 @@ def _upsert(table: str, fields: Sequence[str], key: str, update: str, where: str
     cols = ", ".join(f'"{f}"' for f in fields)
     params = ", ".join(f":{f}" for f in fields)
     sets = ", ".join(update.format(f=f, table=table) for f in fields if f != key)
-    return (
-        f'INSERT INTO "{table}" ({cols}) VALUES ({params}) '
-        f'ON CONFLICT ("{key}") DO UPDATE SET {sets}{where}'
-    )
+    return f'INSERT INTO "{table}" ({cols}) VALUES ({params}) ON CONFLICT ("{key}") DO UPDATE SET {sets}{where}'
 
 
 # Patient and study attributes repeat in every file: a value a later file lacks does not erase one already
@@ -77,7 +121,10 @@ UPSERT_STUDY = _upsert("Study", STUDY_FIELDS, "StudyInstanceUID", '"{f}" = COALE
 # A series row holds the values of its representative instance: only a candidate that sorts at or before the
 # current one replaces it (at: the representative file itself changed).
 UPSERT_SERIES = _upsert(
-    "Series", SERIES_FIELDS, "SeriesInstanceUID", '"{f}" = excluded."{f}"',
+    "Series",
+    SERIES_FIELDS,
+    "SeriesInstanceUID",
+    '"{f}" = excluded."{f}"',
     ' WHERE excluded."RepresentativeKey" <= "Series"."RepresentativeKey" OR "Series"."RepresentativeKey" IS NULL',
 )
 UPSERT_SLICE = _upsert("SliceMetadata", SLICE_FIELDS, "SOPInstanceUID", '"{f}" = excluded."{f}"')

@@ -22,7 +22,12 @@ from ingest.reader import FileResult, read_file
 
 # Statuses a file can end a run with; the summary counts one per file found.
 INGESTED, UNCHANGED, DUPLICATE, NOT_DICOM, FAILED, NOT_REACHED = (
-    "ingested", "unchanged", "duplicate", "not_dicom", "failed", "not_reached",
+    "ingested",
+    "unchanged",
+    "duplicate",
+    "not_dicom",
+    "failed",
+    "not_reached",
 )
 SKIPPABLE = {INGESTED, DUPLICATE, NOT_DICOM}  # a failed file is tried again on every run
 
@@ -44,8 +49,9 @@ class Outcome:
 @dataclass
 class Summary:
     found: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
-        (INGESTED, UNCHANGED, DUPLICATE, NOT_DICOM, FAILED, NOT_REACHED), 0))
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys((INGESTED, UNCHANGED, DUPLICATE, NOT_DICOM, FAILED, NOT_REACHED), 0)
+    )
     problems: list[Outcome] = field(default_factory=list)  # failed and not-DICOM files, with reasons
     seconds: float = 0.0
     interrupted: bool = False
@@ -219,17 +225,26 @@ class Ingest:
                     slices.append(r.slice)
             previous = self._index.get(f.path)
             if (
-                previous is not None and previous.status == INGESTED and previous.sop_uid
-                and previous.sop_uid != sop and status != FAILED
+                previous is not None
+                and previous.status == INGESTED
+                and previous.sop_uid
+                and previous.sop_uid != sop
+                and status != FAILED
             ):
                 released.append(previous.sop_uid)
             if status == FAILED and previous is not None and previous.status == INGESTED:
                 # Keep the instance the file held when it last read well; record the failure.
                 sop = previous.sop_uid
-            sources.append({
-                "Path": f.path, "Size": f.size, "MtimeNs": f.mtime_ns, "Status": status,
-                "SOPInstanceUID": sop, "Reason": reason,
-            })
+            sources.append(
+                {
+                    "Path": f.path,
+                    "Size": f.size,
+                    "MtimeNs": f.mtime_ns,
+                    "Status": status,
+                    "SOPInstanceUID": sop,
+                    "Reason": reason,
+                }
+            )
             outcomes.append(Outcome(f.path, status, reason))
         await self.store.write_batch(
             patients.values(), studies.values(), series.values(), slices, sources, released, vanished

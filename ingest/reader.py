@@ -93,8 +93,14 @@ SLICE_COLUMNS: dict[str, str] = {
 # How each column is stored: the seed types decide (TEXT columns keep DICOM's text form, numbers are numbers).
 INT_COLUMNS = {"Rows", "Columns", "ExposureTime", "SliceNumber", "PixelPaddingValue"}
 FLOAT_COLUMNS = {
-    "KVP", "TableHeight", "SliceLocation", "ReconstructionDiameter", "DistanceSourceToPatient",
-    "GantryDetectorTilt", "RescaleIntercept", "RescaleSlope",
+    "KVP",
+    "TableHeight",
+    "SliceLocation",
+    "ReconstructionDiameter",
+    "DistanceSourceToPatient",
+    "GantryDetectorTilt",
+    "RescaleIntercept",
+    "RescaleSlope",
 }
 DATE_KEYWORDS = {"PatientBirthDate", "LastMenstrualDate", "StudyDate", "SeriesDate", "AcquisitionDate"}
 TIME_KEYWORDS = {"StudyTime", "AcquisitionTime"}
@@ -102,8 +108,11 @@ TIME_KEYWORDS = {"StudyTime", "AcquisitionTime"}
 EXTRA_KEYWORDS = ("SpecificCharacterSet", "PixelRepresentation", "DirectoryRecordSequence")
 KEYWORDS: list[str] = sorted(
     {
-        *PATIENT_COLUMNS.values(), *STUDY_COLUMNS.values(), *SERIES_COLUMNS.values(),
-        *SLICE_COLUMNS.values(), *EXTRA_KEYWORDS,
+        *PATIENT_COLUMNS.values(),
+        *STUDY_COLUMNS.values(),
+        *SERIES_COLUMNS.values(),
+        *SLICE_COLUMNS.values(),
+        *EXTRA_KEYWORDS,
     }
 )
 
@@ -214,10 +223,7 @@ def _value(ds: Dataset, keyword: str) -> str | None:
         return iso_date(str(value))
     if keyword in TIME_KEYWORDS:
         return iso_time(str(value))
-    if isinstance(value, MultiValue | list | tuple):
-        text = "\\".join(_scalar(v) for v in value)
-    else:
-        text = _scalar(value)
+    text = "\\".join(_scalar(v) for v in value) if isinstance(value, MultiValue | list | tuple) else _scalar(value)
     text = text.strip("\x00 ")
     return text or None
 
