@@ -102,6 +102,8 @@ FLOAT_COLUMNS = {
     "RescaleIntercept",
     "RescaleSlope",
 }
+# SliceThickness is TEXT in Series (the user's type) but REAL in SliceMetadata.
+SLICE_FLOAT_COLUMNS = FLOAT_COLUMNS | {"SliceThickness"}
 DATE_KEYWORDS = {"PatientBirthDate", "LastMenstrualDate", "StudyDate", "SeriesDate", "AcquisitionDate"}
 TIME_KEYWORDS = {"StudyTime", "AcquisitionTime"}
 
@@ -192,7 +194,7 @@ def _to_result(path: str, ds: Dataset) -> FileResult:
     series["StudyInstanceUID"] = values["StudyInstanceUID"]
     series["SliceThicknessValue"] = _as_float(values["SliceThickness"])
     series["RepresentativeKey"] = representative_key(values["InstanceNumber"], values["SOPInstanceUID"])
-    slice_ = {col: _typed(col, values[kw]) for col, kw in SLICE_COLUMNS.items()}
+    slice_ = {col: _typed(col, values[kw], SLICE_FLOAT_COLUMNS) for col, kw in SLICE_COLUMNS.items()}
     slice_["SeriesInstanceUID"] = values["SeriesInstanceUID"]
     return FileResult(path, "dicom", None, patient, study, series, slice_)
 
@@ -261,10 +263,10 @@ def iso_time(text: str) -> str | None:
     return text or None
 
 
-def _typed(column: str, text: str | None) -> Any:
+def _typed(column: str, text: str | None, float_columns: set[str] = FLOAT_COLUMNS) -> Any:
     if column in INT_COLUMNS:
         return _as_int(text)
-    if column in FLOAT_COLUMNS:
+    if column in float_columns:
         return _as_float(text)
     return text
 

@@ -1,0 +1,61 @@
+"""Shared fixtures: the real `dicom-ingest` command, pydicom's bundled DICOM files, real databases."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+import pytest
+
+PYDICOM_DATA = Path(pydicom.__file__).parent / "data"
+TEST_FILES = PYDICOM_DATA / "test_files"
+DICOMDIR_TESTS = TEST_FILES / "dicomdirtests"
+CHARSET_FILES = PYDICOM_DATA / "charset_files"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dcm_qa_nih" / "In"
+BIN = Path(sys.executable).parent
+
+
+def ingest_command() -> list[str]:
+    """The installed console script, falling back to the module (same code) when not on PATH."""
+    exe = BIN / "dicom-ingest"
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from ingest.cli import main; main()"]
+
+
+def run_ingest(*args: str | os.PathLike[str], check: int | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess; `check` asserts the exit code."""
+    proc = subprocess.run([*ingest_command(), *map(str, args)], capture_output=True, text=True, timeout=600, **kwargs)
+    if check is not None:
+        assert proc.returncode == check, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    return proc
+
+
+def rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def dump_tables(db: Path) -> dict[str, list[tuple]]:
+    """Every row of the user's four tables, sorted: two databases are equal when their dumps are."""
+    tables = {"Patient": "PatientID", "Study": "StudyInstanceUID", "Series": "SeriesInstanceUID"}
+    out = {t: rows(db, f'SELECT * FROM "{t}" ORDER BY "{k}"') for t, k in tables.items()}
+    out["SliceMetadata"] = rows(db, 'SELECT * FROM "SliceMetadata" ORDER BY "SOPInstanceUID"')
+    return out
+
+
+@pytest.fixture
+def ingest() -> Callable[..., subprocess.CompletedProcess]:
+    return run_ingest
+
+
+@pytest.fixture
+def dicomdir_copy(tmp_path: Path) -> Path:
+    """A writable copy of pydicom's dicomdirtests tree (3 patients, 6 studies, DICOMDIR files)."""
+    dest = tmp_path / "dicomdirtests"
+    shutil.copytree(DICOMDIR_TESTS, dest)
+    return dest
