@@ -1,0 +1,37 @@
+# Two entry points for a fresh machine (Python 3.11+ and make are all it needs):
+#   make run    install into .venv, ingest DICOM (default: pydicom's bundled test files) into dicom.db, serve the API
+#   make test   install into .venv with the test tools, lint, run the whole test suite
+VENV ?= .venv
+DB ?= sqlite:///dicom.db
+DICOM ?=
+PORT ?= 8000
+PYTHON ?= python3
+
+STAMP := $(VENV)/.installed
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	touch $@
+
+.PHONY: install run ingest serve test lint
+install: $(STAMP)
+
+ingest: $(STAMP)
+	@dicom="$(DICOM)"; [ -n "$$dicom" ] || dicom=$$($(VENV)/bin/python -c 'import pydicom, pathlib; print(pathlib.Path(pydicom.__file__).parent / "data")'); \
+	echo "ingesting $$dicom into $(DB)"; \
+	$(VENV)/bin/dicom-ingest "$$dicom" --db "$(DB)"; status=$$?; \
+	if [ $$status -gt 1 ]; then exit $$status; fi  # 1 = some files failed (listed above): still serve the rest
+
+serve: $(STAMP)
+	$(VENV)/bin/dicom-api --db "$(DB)" --port $(PORT)
+
+run: ingest serve
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
+	$(VENV)/bin/pytest -q
