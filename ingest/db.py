@@ -7,6 +7,8 @@ statement and batch instead of one per row.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -134,11 +136,11 @@ SELECT_FILE_INDEX = 'SELECT "Path", "Size", "MtimeNs", "Status", "SOPInstanceUID
 SELECT_SOP_OWNERS = (
     'SELECT "SOPInstanceUID", "Path" FROM "SourceFile" WHERE "Status" = \'ingested\' AND "SOPInstanceUID" IN ({keys})'
 )
-PROMOTE_DUPLICATE = (
-    'UPDATE "SourceFile" SET "Status" = \'ingested\', "Reason" = NULL WHERE "Path" = '
-    '(SELECT MIN("Path") FROM "SourceFile" WHERE "SOPInstanceUID" = :sop AND "Status" = \'duplicate\') '
-    'AND NOT EXISTS (SELECT 1 FROM "SourceFile" WHERE "SOPInstanceUID" = :sop AND "Status" = \'ingested\')'
+SELECT_DUPLICATE_HOLDERS = (
+    'SELECT "SOPInstanceUID", "Path" FROM "SourceFile" WHERE "Status" = \'duplicate\' AND "SOPInstanceUID" IN ({keys}) '
+    'ORDER BY "Path"'
 )
+PROMOTE_DUPLICATE = 'UPDATE "SourceFile" SET "Status" = \'ingested\', "Reason" = NULL WHERE "Path" = :path'
 DELETE_SOURCE = 'DELETE FROM "SourceFile" WHERE "Path" = :path'
 DELETE_ORPHAN_SLICE = (
     'DELETE FROM "SliceMetadata" WHERE "SOPInstanceUID" = :sop AND NOT EXISTS '
@@ -193,16 +195,23 @@ class Store:
                 for pragma in SQLITE_PRAGMAS:
                     await self._conn.execute(pragma)
             await self._create_schema()
-        except DatabaseError:
-            raise
         except Exception as exc:
+            await self.close()
+            # After a failed connect aiosqlite queues its thread's stop without awaiting it; give the thread a
+            # moment to finish, or it reports "Event loop is closed" on stderr once asyncio.run() returns.
+            await asyncio.sleep(0.1)
+            if isinstance(exc, DatabaseError):
+                raise
             raise DatabaseError(f"cannot open database {self.url}: {_describe(exc)}") from exc
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.__aexit__(None, None, None)
-            self._conn = None
-        await self._database.disconnect()
+        conn, self._conn = self._conn, None
+        try:
+            if conn is not None:
+                await conn.__aexit__(None, None, None)
+            await self._database.disconnect()
+        except Exception:  # closing after a failure: the failure is what gets reported
+            logging.getLogger(__name__).debug("error while closing %s", self.url, exc_info=True)
 
     async def _create_schema(self) -> None:
         for statement in schema_statements(self.dialect):
@@ -214,14 +223,23 @@ class Store:
 
     async def sop_owners(self, sops: Sequence[str]) -> dict[str, str]:
         """SOPInstanceUID -> path of the file already ingested for it, for the given UIDs."""
-        owners: dict[str, str] = {}
-        for start in range(0, len(sops), 500):
-            chunk = sops[start : start + 500]
-            params = {f"k{i}": sop for i, sop in enumerate(chunk)}
-            sql = SELECT_SOP_OWNERS.format(keys=", ".join(f":{k}" for k in params))
-            for row in await self._conn.fetch_all(sql, params):
-                owners[row[0]] = row[1]
-        return owners
+        return {sop: path for sop, path in await self._fetch_in(SELECT_SOP_OWNERS, sops)}
+
+    async def duplicate_holders(self, sops: Sequence[str]) -> dict[str, list[str]]:
+        """SOPInstanceUID -> paths of the files recorded as duplicates of it, sorted."""
+        holders: dict[str, list[str]] = {}
+        for sop, path in await self._fetch_in(SELECT_DUPLICATE_HOLDERS, sops):
+            holders.setdefault(sop, []).append(path)
+        return holders
+
+    async def _fetch_in(self, template: str, keys: Sequence[str]) -> list[tuple[Any, ...]]:
+        """Run a `... IN ({keys})` query over `keys`, 500 bound parameters at a time."""
+        out: list[tuple[Any, ...]] = []
+        for start in range(0, len(keys), 500):
+            params = {f"k{i}": key for i, key in enumerate(keys[start : start + 500])}
+            sql = template.format(keys=", ".join(f":{k}" for k in params))
+            out.extend(tuple(row.values()) for row in await self._conn.fetch_all(sql, params))
+        return out
 
     async def write_batch(
         self,
@@ -232,6 +250,7 @@ class Store:
         sources: Iterable[dict[str, Any]],
         released_sops: Sequence[str],
         vanished_paths: Sequence[str] = (),
+        promoted_paths: Sequence[str] = (),
     ) -> None:
         """Write one batch in one transaction: all of it lands, or none of it."""
         try:
@@ -246,9 +265,8 @@ class Store:
                     # A changed file now holds another instance (or none): a duplicate file of that instance
                     # takes over if there is one, else the instance goes, then any series, study or patient
                     # left empty.
-                    sops = [{"sop": s} for s in released_sops]
-                    await self._bulk(PROMOTE_DUPLICATE, ("sop",), sops)
-                    await self._bulk(DELETE_ORPHAN_SLICE, ("sop",), sops)
+                    await self._bulk(PROMOTE_DUPLICATE, ("path",), ({"path": p} for p in promoted_paths))
+                    await self._bulk(DELETE_ORPHAN_SLICE, ("sop",), ({"sop": s} for s in released_sops))
                     for statement in (DELETE_EMPTY_SERIES, DELETE_EMPTY_STUDIES, DELETE_EMPTY_PATIENTS):
                         await self._conn.execute(statement)
         except Exception as exc:

@@ -246,8 +246,15 @@ class Ingest:
                 }
             )
             outcomes.append(Outcome(f.path, status, reason))
+        promoted: list[str] = []
+        if released:
+            # A duplicate file takes over a released instance only if it is still on disk.
+            for paths in (await self.store.duplicate_holders(released)).values():
+                existing = [p for p in paths if os.path.exists(p)]
+                vanished.extend(p for p in paths if p not in existing)
+                promoted.extend(existing[:1])
         await self.store.write_batch(
-            patients.values(), studies.values(), series.values(), slices, sources, released, vanished
+            patients.values(), studies.values(), series.values(), slices, sources, released, vanished, promoted
         )
         # Count only once the batch is committed: an interrupted write counts nothing.
         for outcome in outcomes:
