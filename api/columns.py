@@ -1,0 +1,260 @@
+"""The static map of what the API exposes: per table, every column with its GraphQL name, value kind and
+sensitivity, and the relations between tables.
+
+Everything that turns client input into SQL (filters, ordering, facets) looks columns up here, so a client
+string never names a column or reaches SQL as code. Issue 4's de-identified access level reads `sensitive`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Kind(enum.Enum):
+    """How a stored value is typed in GraphQL, filtered and ordered."""
+
+    STRING = "string"
+    INT = "int"
+    FLOAT = "float"
+    BOOL = "bool"
+    DATE = "date"  # stored as ISO text when the DICOM date was valid, else as the raw text
+    INT_TEXT = "int_text"  # a TEXT column holding a DICOM IS value, exposed as Int
+    FLOAT_LIST = "float_list"  # backslash-joined DS values, exposed as [Float!]
+    STRING_LIST = "string_list"  # backslash-joined CS/LO values, exposed as [String!]
+
+
+_WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z]|\d|$)|[A-Z]?[a-z]+|\d+")
+
+
+def snake_case(column: str) -> str:
+    """`SOPInstanceUID` -> `sop_instance_uid` (Strawberry then shows it as `sopInstanceUid`)."""
+    return "_".join(w.lower() for w in _WORDS.findall(column))
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str  # as in schema.sql
+    kind: Kind
+    sensitive: bool = False  # person-identifying: masked or pseudonymised for de-identified access
+    value_column: str | None = None  # numeric twin of a TEXT column: typed, filtered and ordered by it
+    attr: str = ""  # Python attribute on types and inputs (snake_case); GraphQL shows it in camelCase
+    enum: str = ""  # order/group enum value, UPPER_SNAKE_CASE of the column name
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attr", self.attr or snake_case(self.name))
+        object.__setattr__(self, "enum", self.attr.upper())
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A foreign key seen from one side: `attr` is the field name on that side."""
+
+    attr: str
+    table: str  # the table on the other side
+    fk: str  # the child's column holding the parent's key
+
+
+@dataclass(slots=True)
+class Table:
+    name: str  # SQL table name
+    type_name: str  # GraphQL type name
+    key: str  # primary key column, the last ordering key of every page
+    columns: tuple[Column, ...]
+    # Default order of nested connections (Series.slices: by slice number); root connections use the key.
+    nested_order: tuple[str, ...] = ()
+    parent: Link | None = None
+    children: Link | None = None
+    by_attr: dict[str, Column] = field(default_factory=dict)
+    by_enum: dict[str, Column] = field(default_factory=dict)
+    by_name: dict[str, Column] = field(default_factory=dict)
+    select: tuple[str, ...] = ()  # stored columns a row holds, in order: every column, then numeric twins
+
+    def __post_init__(self) -> None:
+        self.by_attr = {c.attr: c for c in self.columns}
+        self.by_enum = {c.enum: c for c in self.columns}
+        self.by_name = {c.name: c for c in self.columns}
+        twins = tuple(c.value_column for c in self.columns if c.value_column)
+        self.select = tuple(c.name for c in self.columns) + twins
+
+    @property
+    def key_column(self) -> Column:
+        return self.by_name[self.key]
+
+
+S, INT, F, B, D = Kind.STRING, Kind.INT, Kind.FLOAT, Kind.BOOL, Kind.DATE
+
+PATIENT = Table(
+    "Patient",
+    "Patient",
+    "PatientID",
+    (
+        Column("PatientID", S, sensitive=True),
+        Column("PatientName", S, sensitive=True),
+        Column("PatientSex", S),
+        Column("PatientAge", S),
+        Column("PatientBirthDate", D, sensitive=True),
+        Column("PatientIdentityRemoved", S),
+        Column("DeIdentificationMethod", S),
+        Column("LastMenstrualDate", D),
+        Column("PatientIDGenerated", B),
+    ),
+    children=Link("studies", "Study", "PatientID"),
+)
+
+STUDY = Table(
+    "Study",
+    "Study",
+    "StudyInstanceUID",
+    (
+        Column("StudyInstanceUID", S),
+        Column("PatientID", S, sensitive=True),
+        Column("StudyDescription", S),
+        Column("StudyDate", D),
+        Column("StudyTime", S),  # ISO time text "HH:MM:SS(.ffffff)": sorts and compares as text
+        Column("StudyID", S),
+        Column("SeriesDate", D),
+        Column("ReferringPhysicianName", S, sensitive=True),
+    ),
+    parent=Link("patient", "Patient", "PatientID"),
+    children=Link("series", "Series", "StudyInstanceUID"),
+)
+
+SERIES = Table(
+    "Series",
+    "Series",
+    "SeriesInstanceUID",
+    (
+        Column("SeriesInstanceUID", S),
+        Column("StudyInstanceUID", S),
+        Column("SeriesDescription", S),
+        Column("Modality", S),
+        # TEXT in the user's schema; the ingest fills the numeric twin so that filters compare numbers.
+        Column("SliceThickness", F, value_column="SliceThicknessValue"),
+        Column("PixelSpacing", Kind.FLOAT_LIST),
+        Column("ImagePositionPatient", Kind.FLOAT_LIST),
+        Column("ImageOrientationPatient", Kind.FLOAT_LIST),
+        Column("Rows", INT),
+        Column("Columns", INT),
+        Column("ImageType", Kind.STRING_LIST),
+        Column("AcquisitionNumber", Kind.INT_TEXT),
+        Column("InstanceNumber", Kind.INT_TEXT),
+        Column("PatientPosition", S),
+        Column("ExposureTime", INT),
+        Column("KVP", F),
+        Column("TableHeight", F),
+        Column("SliceLocation", F),
+        Column("BodyPartExamined", S),
+        Column("ScanOptions", S),
+        Column("ReconstructionDiameter", F),
+        Column("DistanceSourceToPatient", F),
+        Column("GantryDetectorTilt", F),
+        Column("RotationDirection", S),
+        Column("ConvolutionKernel", Kind.STRING_LIST),
+    ),
+    parent=Link("study", "Study", "StudyInstanceUID"),
+    children=Link("slices", "SliceMetadata", "SeriesInstanceUID"),
+)
+
+SLICE = Table(
+    "SliceMetadata",
+    "Slice",
+    "SliceID",
+    (
+        Column("SliceID", INT),
+        Column("SOPInstanceUID", S),
+        Column("SeriesInstanceUID", S),
+        Column("SOPClassUID", S),
+        Column("AcquisitionDate", D),
+        Column("AcquisitionTime", S),
+        Column("ContrastBolusAgent", S),
+        Column("AccessionNumber", S, sensitive=True),
+        Column("SliceNumber", INT),
+        Column("SliceLocation", F),
+        Column("SliceThickness", F),
+        Column("PixelPaddingValue", INT),
+        Column("RescaleIntercept", F),
+        Column("RescaleSlope", F),
+        Column("LongitudinalTemporalInfo", S),
+        Column("ImagePositionPatient", Kind.FLOAT_LIST),
+    ),
+    nested_order=("SliceNumber",),
+    parent=Link("series", "Series", "SeriesInstanceUID"),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (PATIENT, STUDY, SERIES, SLICE)}
+
+
+def _date(value: Any) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value) if len(value) == 10 else None
+    except (TypeError, ValueError):
+        return None
+
+
+_INT_TEXT = re.compile(r"\s*[+-]?\d{1,18}\s*")
+
+
+def _int_text(value: Any) -> int | None:
+    if isinstance(value, int):
+        return value
+    return int(value) if isinstance(value, str) and _INT_TEXT.fullmatch(value) else None
+
+
+def _float_list(value: Any) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        numbers = [float(v) for v in str(value).split("\\")]
+    except ValueError:
+        return None
+    # NaN and infinities are not valid DS values and cannot be sent as JSON numbers.
+    return numbers if all(n == n and abs(n) != float("inf") for n in numbers) else None
+
+
+def _string_list(value: Any) -> list[str] | None:
+    return None if value is None else str(value).split("\\")
+
+
+def _bool(value: Any) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+CONVERTERS: dict[Kind, Callable[[Any], Any]] = {
+    Kind.STRING: _identity,
+    Kind.INT: _identity,
+    Kind.FLOAT: _identity,
+    Kind.BOOL: _bool,
+    Kind.DATE: _date,
+    Kind.INT_TEXT: _int_text,
+    Kind.FLOAT_LIST: _float_list,
+    Kind.STRING_LIST: _string_list,
+}
+
+
+def row_reader(table: Table) -> Callable[[Sequence[Any]], dict[str, Any]]:
+    """A function turning one stored row (columns in `table.select` order) into typed attribute values."""
+    plan: list[tuple[str, int, Callable[[Any], Any]]] = []
+    for column in table.columns:
+        index = table.select.index(column.value_column or column.name)
+        plan.append((column.attr, index, CONVERTERS[column.kind]))
+    plain = [(attr, index) for attr, index, convert in plan if convert is _identity]
+    converted = [(attr, index, convert) for attr, index, convert in plan if convert is not _identity]
+
+    def read(row: Sequence[Any]) -> dict[str, Any]:
+        values = {attr: row[index] for attr, index in plain}
+        for attr, index, convert in converted:
+            values[attr] = convert(row[index])
+        return values
+
+    return read

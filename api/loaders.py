@@ -1,0 +1,164 @@
+"""Per-request DataLoaders: every relation and connection of one query level is fetched in one statement.
+
+Resolvers never query the database themselves: they ask a loader for one key, and the loader runs one
+statement per distinct specification for all keys asked for in the same event-loop tick (all parents of a
+level). So the number of statements follows the shape of the query, never the number of rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from strawberry.dataloader import DataLoader
+
+from api.columns import TABLES, Table
+from api.db import Database
+from api.pagination import Page, PageSpec
+from api.sql import Fragment
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from api.settings import Settings
+
+RowKey = tuple[str, str, Any]  # (table, column, value)
+PageKey = tuple[PageSpec, Any]  # (spec, parent key or None for a root connection)
+CountKey = tuple[str, Fragment, Any]  # (table, where, parent key or None)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    table: str
+    where: Fragment
+    column: str
+    date_part: str | None
+    limit: int
+
+
+GroupKey = tuple[GroupSpec, Any]
+
+
+class Loaders:
+    """The loaders of one request. `make_node(table, row)` turns a stored row into a GraphQL object."""
+
+    def __init__(self, db: Database, make_node: Callable[[Table, Sequence[Any]], Any]) -> None:
+        self.db = db
+        self.make_node = make_node
+        self.rows: DataLoader[RowKey, Any] = DataLoader(self._load_rows)
+        self.pages: DataLoader[PageKey, Page] = DataLoader(self._load_pages)
+        self.counts: DataLoader[CountKey, int] = DataLoader(self._load_counts)
+        self.groups: DataLoader[GroupKey, list[tuple[Any, int]]] = DataLoader(self._load_groups)
+
+    async def _load_rows(self, keys: list[RowKey]) -> list[Any]:
+        wanted: dict[tuple[str, str], set[Any]] = defaultdict(set)
+        for table, column, value in keys:
+            wanted[(table, column)].add(value)
+
+        async def fetch(table_name: str, column: str, values: set[Any]) -> dict[Any, Any]:
+            table = TABLES[table_name]
+            index = table.select.index(column)
+            rows = await self.db.rows_by_keys(table, column, sorted(values))
+            return {row[index]: self.make_node(table, row) for row in rows}
+
+        found = await _gather({k: fetch(*k, v) for k, v in wanted.items()})
+        return [found[(table, column)].get(value) for table, column, value in keys]
+
+    async def _load_pages(self, keys: list[PageKey]) -> list[Page]:
+        parents: dict[PageSpec, list[Any]] = defaultdict(list)
+        for spec, parent in keys:
+            parents[spec].append(parent)
+        results = await _gather({spec: self._fetch_pages(spec, ps) for spec, ps in parents.items()})
+        return [results[spec][parent] for spec, parent in keys]
+
+    async def _fetch_pages(self, spec: PageSpec, parents: list[Any]) -> dict[Any, Page]:
+        table = TABLES[spec.table]
+        width = len(table.select)
+        depth = len(spec.order)
+        grouped: dict[Any, list[tuple[Any, ...]]] = {p: [] for p in parents}
+        nested = sorted(p for p in grouped if p is not None)
+        if None in grouped:  # a root connection
+            grouped[None] = await self.db.page(spec)
+        if nested:
+            assert table.parent is not None
+            for row in await self.db.pages(spec, table.parent.fk, nested):
+                grouped[row[-1]].append(row)
+        pages = {}
+        for parent, rows in grouped.items():
+            has_next = len(rows) > spec.limit
+            rows = rows[: spec.limit]
+            pages[parent] = Page(
+                nodes=[self.make_node(table, row) for row in rows],
+                keys=[tuple(row[width : width + depth]) for row in rows],
+                has_next=has_next,
+                has_previous=spec.after is not None,
+                fingerprint=spec.fingerprint,
+            )
+        return pages
+
+    async def _load_counts(self, keys: list[CountKey]) -> list[int]:
+        parents: dict[tuple[str, Fragment], list[Any]] = defaultdict(list)
+        for table, where, parent in keys:
+            parents[(table, where)].append(parent)
+
+        async def fetch(table_name: str, where: Fragment, ps: list[Any]) -> dict[Any, int]:
+            table = TABLES[table_name]
+            counts: dict[Any, int] = {}
+            nested = sorted({p for p in ps if p is not None})
+            if None in ps:
+                counts[None] = await self.db.count(table, where)
+            if nested:
+                assert table.parent is not None
+                counts.update(await self.db.counts(table, where, table.parent.fk, nested))
+            return counts
+
+        results = await _gather({k: fetch(*k, ps) for k, ps in parents.items()})
+        return [results[(table, where)].get(parent, 0) for table, where, parent in keys]
+
+    async def _load_groups(self, keys: list[GroupKey]) -> list[list[tuple[Any, int]]]:
+        parents: dict[GroupSpec, list[Any]] = defaultdict(list)
+        for spec, parent in keys:
+            parents[spec].append(parent)
+
+        async def fetch(spec: GroupSpec, ps: list[Any]) -> dict[Any, list[tuple[Any, int]]]:
+            table = TABLES[spec.table]
+            grouped: dict[Any, list[tuple[Any, int]]] = defaultdict(list)
+            nested = sorted({p for p in ps if p is not None})
+            if None in ps:
+                grouped[None] = await self.db.groups(table, spec.where, spec.column, spec.date_part, spec.limit)
+            if nested:
+                assert table.parent is not None
+                rows = await self.db.groups_by_parent(
+                    table, spec.where, spec.column, spec.date_part, table.parent.fk, nested
+                )
+                for parent, value, count in rows:
+                    if len(grouped[parent]) < spec.limit:
+                        grouped[parent].append((value, count))
+            return grouped
+
+        results = await _gather({spec: fetch(spec, ps) for spec, ps in parents.items()})
+        return [results[spec].get(parent, []) for spec, parent in keys]
+
+
+async def _gather(jobs: dict[Any, Any]) -> dict[Any, Any]:
+    """Run the statements of one batch side by side (the pool has several connections)."""
+    values = await asyncio.gather(*jobs.values())
+    return dict(zip(jobs.keys(), values, strict=True))
+
+
+@dataclass(slots=True)
+class Context:
+    """What resolvers see as `info.context`, made anew for every request."""
+
+    request: Request
+    response: Response
+    db: Database
+    settings: Settings
+    loaders: Loaders
+    # Compiled connection arguments by field path: the resolver of a nested connection runs once per parent
+    # with the same arguments, and compiles them once.
+    specs: dict[tuple[str, ...], PageSpec] = field(default_factory=dict)

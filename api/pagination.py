@@ -1,0 +1,158 @@
+"""Ordering, opaque keyset cursors and page specifications.
+
+Every page is ordered by the requested keys and then by the table's primary key, so the order is total and a
+cursor (the ordering values of a row) says exactly where the next page starts: `WHERE (keys) > (cursor)` in
+the requested directions, never an OFFSET. Nulls sort last in both directions, on both databases.
+
+A cursor is base64url of JSON `["c1", "<order fingerprint>", [values...]]`: opaque to clients, checked on the
+way in (a cursor made for another `orderBy` is refused rather than silently skipping rows).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from api.columns import Column, Kind, Table
+from api.errors import UserInputError
+from api.sql import FALSE, Dialect, Fragment, Params, value_expr
+
+CURSOR_VERSION = "c1"
+
+
+@dataclass(frozen=True, slots=True)
+class OrderKey:
+    column: str  # stored column name (api.columns)
+    descending: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PageSpec:
+    """One connection's arguments, compiled: equal specs at one level share one SQL statement."""
+
+    table: str
+    where: Fragment
+    order: tuple[OrderKey, ...]
+    limit: int
+    after: tuple[Any, ...] | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.order)
+
+
+@dataclass(slots=True)
+class Page:
+    nodes: list[Any]
+    keys: list[tuple[Any, ...]]  # each node's ordering values, from which its cursor is made
+    has_next: bool
+    has_previous: bool
+    fingerprint: str
+
+    def cursor(self, index: int) -> str:
+        return encode_cursor(self.fingerprint, self.keys[index])
+
+
+def fingerprint(order: Sequence[OrderKey]) -> str:
+    return ",".join(("-" if k.descending else "+") + k.column for k in order)
+
+
+def order_keys(table: Table, order_by: Sequence[Any] | None, *, nested: bool) -> tuple[OrderKey, ...]:
+    """The requested keys (inputs with `.field` and `.direction`), or the table's default, then the primary key."""
+    keys: list[OrderKey] = []
+    if order_by:
+        for item in order_by:
+            column = table.by_enum[item.field.value]
+            keys.append(OrderKey(column.name, item.direction.value == "DESC"))
+    elif nested:
+        keys.extend(OrderKey(name) for name in table.nested_order)
+    seen: set[str] = set()
+    unique = []
+    for key in keys:
+        if key.column not in seen:  # a repeated key adds nothing to the order
+            seen.add(key.column)
+            unique.append(key)
+        if key.column == table.key:  # the key is unique: later keys can never break a tie
+            return tuple(unique)
+    return (*unique, OrderKey(table.key))
+
+
+def page_size(first: int | None, default: int, maximum: int) -> int:
+    if first is None:
+        return default
+    if not 0 <= first <= maximum:
+        raise UserInputError(f"`first` must be between 0 and {maximum}, got {first}")
+    return first
+
+
+def encode_cursor(fp: str, values: Sequence[Any]) -> str:
+    raw = json.dumps([CURSOR_VERSION, fp, list(values)], separators=(",", ":"), ensure_ascii=False)
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(table: Table, cursor: str, order: Sequence[OrderKey]) -> tuple[Any, ...]:
+    """The ordering values in `cursor`, checked against `order` and the columns' kinds."""
+    bad = UserInputError(f"`after` is not a cursor returned by this API for this query: {cursor[:80]!r}")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        version, fp, values = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise bad from None
+    if version != CURSOR_VERSION or not isinstance(values, list) or len(values) != len(order):
+        raise bad
+    if fp != fingerprint(order):
+        raise UserInputError("`after` is a cursor for another `orderBy`: use a cursor from the same ordering")
+    for key, value in zip(order, values, strict=True):
+        if not _fits(table.by_name[key.column], value) or (value is None and key.column == table.key):
+            raise bad
+    return tuple(values)
+
+
+def _fits(column: Column, value: Any) -> bool:
+    if value is None:
+        return True
+    if column.kind in (Kind.INT, Kind.INT_TEXT, Kind.BOOL):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if column.kind is Kind.FLOAT:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, str)
+
+
+def order_sql(table: Table, order: Sequence[OrderKey], alias: str, dialect: Dialect) -> str:
+    parts = []
+    for key in order:
+        expr = value_expr(table.by_name[key.column], alias, dialect)
+        parts.append(f"{expr} {'DESC' if key.descending else 'ASC'} NULLS LAST")
+    return ", ".join(parts)
+
+
+def order_exprs(table: Table, order: Sequence[OrderKey], alias: str, dialect: Dialect) -> list[str]:
+    return [value_expr(table.by_name[key.column], alias, dialect) for key in order]
+
+
+def after_condition(
+    table: Table, order: Sequence[OrderKey], values: Sequence[Any], alias: str, dialect: Dialect
+) -> Fragment:
+    """Rows strictly after `values` in `order`: OR over i of (keys before i equal AND key i after)."""
+    params = Params("c")
+    ors = []
+    equal: list[str] = []
+    for key, value in zip(order, values, strict=True):
+        expr = value_expr(table.by_name[key.column], alias, dialect)
+        if value is None:
+            after = FALSE  # nulls sort last in both directions: nothing sorts after a null but other nulls
+            same = f"{expr} IS NULL"
+        else:
+            p = params.add(value)
+            after = f"{expr} {'<' if key.descending else '>'} {p}"
+            if key.column != table.key:  # the primary key is never null; a bare comparison keeps its index usable
+                after += f" OR {expr} IS NULL"
+            same = f"{expr} = {p}"
+        if after != FALSE:
+            ors.append(" AND ".join([*equal, f"({after})"]))
+        equal.append(f"({same})")
+    return Fragment("(" + " OR ".join(f"({o})" for o in ors) + ")" if ors else FALSE, tuple(params.values.items()))

@@ -1,0 +1,143 @@
+"""The Query root and the schema. `python -m api.schema` prints the SDL; `--write` updates schema.graphql."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+
+import strawberry
+from graphql import GraphQLError
+from strawberry import UNSET
+from strawberry.extensions import MaskErrors, SchemaExtension
+from strawberry.extensions.disable_introspection import DisableIntrospection
+
+from api.columns import PATIENT, SERIES, SLICE, STUDY
+from api.types import (
+    Ctx,
+    Patient,
+    PatientConnection,
+    PatientOrderBy,
+    PatientWhere,
+    Series,
+    SeriesConnection,
+    SeriesOrderBy,
+    SeriesWhere,
+    Slice,
+    SliceConnection,
+    SliceOrderBy,
+    SliceWhere,
+    Study,
+    StudyConnection,
+    StudyOrderBy,
+    StudyWhere,
+    root_spec,
+)
+
+SDL_PATH = Path(__file__).resolve().parent.parent / "schema.graphql"
+
+_CONNECTION_DOC = (
+    "A page of {what}: filter with `where`, order with `orderBy` (the primary key breaks ties), page with "
+    "`first` (default and maximum set by the server) and `after` (an `endCursor` or edge `cursor`)."
+)
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="A patient by PatientID.")
+    async def patient(self, info: Ctx, patient_id: str) -> Patient | None:
+        return await info.context.loaders.rows.load((PATIENT.name, PATIENT.key, patient_id))
+
+    @strawberry.field(description="A study by StudyInstanceUID.")
+    async def study(self, info: Ctx, study_instance_uid: str) -> Study | None:
+        return await info.context.loaders.rows.load((STUDY.name, STUDY.key, study_instance_uid))
+
+    @strawberry.field(description="A series by SeriesInstanceUID.")
+    async def series(self, info: Ctx, series_instance_uid: str) -> Series | None:
+        return await info.context.loaders.rows.load((SERIES.name, SERIES.key, series_instance_uid))
+
+    @strawberry.field(description="A slice by SOPInstanceUID.")
+    async def slice(self, info: Ctx, sop_instance_uid: str) -> Slice | None:
+        return await info.context.loaders.rows.load((SLICE.name, "SOPInstanceUID", sop_instance_uid))
+
+    @strawberry.field(description=_CONNECTION_DOC.format(what="patients"))
+    def all_patients(
+        self,
+        info: Ctx,
+        where: PatientWhere | None = UNSET,
+        order_by: list[PatientOrderBy] | None = UNSET,
+        first: int | None = UNSET,
+        after: str | None = UNSET,
+    ) -> PatientConnection:
+        return PatientConnection(_spec=root_spec(info, PATIENT, where, order_by, first, after), _parent=None)
+
+    @strawberry.field(description=_CONNECTION_DOC.format(what="studies"))
+    def all_studies(
+        self,
+        info: Ctx,
+        where: StudyWhere | None = UNSET,
+        order_by: list[StudyOrderBy] | None = UNSET,
+        first: int | None = UNSET,
+        after: str | None = UNSET,
+    ) -> StudyConnection:
+        return StudyConnection(_spec=root_spec(info, STUDY, where, order_by, first, after), _parent=None)
+
+    @strawberry.field(description=_CONNECTION_DOC.format(what="series"))
+    def all_series(
+        self,
+        info: Ctx,
+        where: SeriesWhere | None = UNSET,
+        order_by: list[SeriesOrderBy] | None = UNSET,
+        first: int | None = UNSET,
+        after: str | None = UNSET,
+    ) -> SeriesConnection:
+        return SeriesConnection(_spec=root_spec(info, SERIES, where, order_by, first, after), _parent=None)
+
+    @strawberry.field(description=_CONNECTION_DOC.format(what="slices"))
+    def all_slices(
+        self,
+        info: Ctx,
+        where: SliceWhere | None = UNSET,
+        order_by: list[SliceOrderBy] | None = UNSET,
+        first: int | None = UNSET,
+        after: str | None = UNSET,
+    ) -> SliceConnection:
+        return SliceConnection(_spec=root_spec(info, SLICE, where, order_by, first, after), _parent=None)
+
+
+def _should_mask(error: GraphQLError) -> bool:
+    """Mask what a resolver raised by accident (it may hold SQL or paths); keep our own errors and GraphQL's
+    validation and coercion errors, which only describe the client's query."""
+    original = error.original_error
+    return original is not None and not isinstance(original, GraphQLError)
+
+
+def build_schema(*, introspection: bool = True, mask_errors: bool = True) -> strawberry.Schema:
+    extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = []
+    if mask_errors:
+        extensions.append(partial(MaskErrors, should_mask_error=_should_mask))
+    if not introspection:
+        extensions.append(DisableIntrospection)
+    return strawberry.Schema(query=Query, extensions=extensions)
+
+
+def sdl() -> str:
+    return build_schema().as_str() + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m api.schema", description="Print the API's GraphQL SDL.")
+    parser.add_argument("--write", action="store_true", help=f"write it to {SDL_PATH.name} instead")
+    args = parser.parse_args(argv)
+    if args.write:
+        SDL_PATH.write_text(sdl())
+        print(f"wrote {SDL_PATH}")
+    else:
+        sys.stdout.write(sdl())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Small SQL building blocks shared by filters, pagination and the query functions: quoting, bound
+parameters and the few phrases that differ between SQLite and PostgreSQL.
+
+Identifiers only ever come from `api.columns`; every value goes through `Params.add` as a bound parameter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from api.columns import Column, Kind
+
+FALSE = "1 = 0"
+TRUE = "1 = 1"
+
+
+def q(identifier: str) -> str:
+    """Quote an identifier taken from the column map (schema.sql quotes them so PostgreSQL keeps their case)."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+class Params:
+    """Collects bound values for one statement fragment; names carry a prefix so fragments can be combined."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.values: dict[str, Any] = {}
+
+    def add(self, value: Any) -> str:
+        name = f"{self.prefix}{len(self.values)}"
+        self.values[name] = value
+        return ":" + name
+
+
+@dataclass(frozen=True, slots=True)
+class Fragment:
+    """SQL text with its bound values; hashable so that equal requests share one loader batch."""
+
+    sql: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def values(self) -> dict[str, Any]:
+        return dict(self.params)
+
+
+class Dialect:
+    """Phrases in SQLite's spelling; `PostgresDialect` overrides what PostgreSQL spells differently."""
+
+    name = "sqlite"
+
+    def in_values(self, expr: str, param: str, kind: Kind) -> str:
+        """`expr` is one of the JSON array bound as `param`: one parameter, however long the list."""
+        return f"{expr} IN (SELECT value FROM json_each({param}))"
+
+    def contains(self, expr: str, param: str) -> str:
+        return f"instr({expr}, {param}) > 0"
+
+    def starts_with(self, expr: str, param: str) -> str:
+        return f"substr({expr}, 1, length({param})) = {param}"
+
+    def ilike(self, expr: str, param: str) -> str:
+        """Case-insensitive LIKE with '!' as escape; `param` is already lower-case. SQLite's own LIKE folds
+        ASCII only, so the API registers `dicom_lower` (Python's str.lower) on its SQLite connections."""
+        return f"dicom_lower({expr}) LIKE {param} ESCAPE '!'"
+
+    def is_iso_date(self, expr: str) -> str:
+        return f"{expr} GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]'"
+
+    def int_text(self, expr: str) -> str:
+        """The integer in a TEXT column holding a DICOM IS value, NULL when it is not one (as api.columns)."""
+        t = f"trim({expr})"
+        return (
+            f"(CASE WHEN ({t} GLOB '[0-9]*' OR {t} GLOB '[+-][0-9]*') AND substr({t}, 2) NOT GLOB '*[^0-9]*' "
+            f"AND length({t}) <= 19 THEN CAST({t} AS INTEGER) END)"
+        )
+
+
+class PostgresDialect(Dialect):
+    name = "postgresql"
+    _CASTS = {Kind.INT: "BIGINT", Kind.INT_TEXT: "BIGINT", Kind.FLOAT: "DOUBLE PRECISION"}
+
+    def in_values(self, expr: str, param: str, kind: Kind) -> str:
+        cast = self._CASTS.get(kind)
+        value = f"CAST(value AS {cast})" if cast else "value"
+        return f"{expr} IN (SELECT {value} FROM jsonb_array_elements_text(CAST({param} AS jsonb)))"
+
+    def contains(self, expr: str, param: str) -> str:
+        return f"strpos({expr}, {param}) > 0"
+
+    def starts_with(self, expr: str, param: str) -> str:
+        return f"left({expr}, char_length({param})) = {param}"
+
+    def ilike(self, expr: str, param: str) -> str:
+        return f"lower({expr}) LIKE {param} ESCAPE '!'"
+
+    def is_iso_date(self, expr: str) -> str:
+        return f"{expr} ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}$'"
+
+    def int_text(self, expr: str) -> str:
+        return f"(CASE WHEN {expr} ~ '^\\s*[+-]?[0-9]{{1,18}}\\s*$' THEN CAST(trim({expr}) AS BIGINT) END)"
+
+
+SQLITE = Dialect()
+POSTGRES = PostgresDialect()
+
+
+def json_list(values: Sequence[Any]) -> str:
+    return json.dumps(list(values), separators=(",", ":"))
+
+
+def value_expr(column: Column, alias: str, dialect: Dialect) -> str:
+    """The SQL expression a column is filtered, ordered and grouped by."""
+    expr = f"{alias}.{q(column.value_column or column.name)}"
+    return dialect.int_text(expr) if column.kind is Kind.INT_TEXT else expr
