@@ -102,10 +102,12 @@ def decode_cursor(table: Table, cursor: str, order: Sequence[OrderKey]) -> tuple
         version, fp, values = json.loads(raw)
     except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
         raise bad from None
-    if version != CURSOR_VERSION or not isinstance(values, list) or len(values) != len(order):
+    if version != CURSOR_VERSION or not isinstance(values, list):
         raise bad
     if fp != fingerprint(order):
         raise UserInputError("`after` is a cursor for another `orderBy`: use a cursor from the same ordering")
+    if len(values) != len(order):
+        raise bad
     for key, value in zip(order, values, strict=True):
         if not _fits(table.by_name[key.column], value) or (value is None and key.column == table.key):
             raise bad

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -13,6 +14,8 @@ from graphql import GraphQLError
 from strawberry import UNSET
 from strawberry.extensions import MaskErrors, SchemaExtension
 from strawberry.extensions.disable_introspection import DisableIntrospection
+from strawberry.types import ExecutionContext
+from strawberry.utils.logging import StrawberryLogger
 
 from api.columns import PATIENT, SERIES, SLICE, STUDY
 from api.types import (
@@ -35,6 +38,8 @@ from api.types import (
     StudyWhere,
     root_spec,
 )
+
+log = logging.getLogger("dicom_api")
 
 SDL_PATH = Path(__file__).resolve().parent.parent / "schema.graphql"
 
@@ -107,20 +112,30 @@ class Query:
         return SliceConnection(_spec=root_spec(info, SLICE, where, order_by, first, after), _parent=None)
 
 
-def _should_mask(error: GraphQLError) -> bool:
-    """Mask what a resolver raised by accident (it may hold SQL or paths); keep our own errors and GraphQL's
-    validation and coercion errors, which only describe the client's query."""
+def unexpected(error: GraphQLError) -> bool:
+    """An error a resolver raised by accident (it may hold SQL or paths), as opposed to our own errors and
+    GraphQL's validation and coercion errors, which only describe the client's query."""
     original = error.original_error
     return original is not None and not isinstance(original, GraphQLError)
+
+
+class Schema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
+        # A client's mistake is answered in the response; only the server's own failures belong in its log.
+        for error in errors:
+            if unexpected(error):
+                StrawberryLogger.error(error, execution_context)
+            else:
+                log.debug("query error: %s", error.message)
 
 
 def build_schema(*, introspection: bool = True, mask_errors: bool = True) -> strawberry.Schema:
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = []
     if mask_errors:
-        extensions.append(partial(MaskErrors, should_mask_error=_should_mask))
+        extensions.append(partial(MaskErrors, should_mask_error=unexpected))
     if not introspection:
         extensions.append(DisableIntrospection)
-    return strawberry.Schema(query=Query, extensions=extensions)
+    return Schema(query=Query, extensions=extensions)
 
 
 def sdl() -> str:
