@@ -67,7 +67,8 @@ def order_keys(table: Table, order_by: Sequence[Any] | None, *, nested: bool) ->
     if order_by:
         for item in order_by:
             column = table.by_enum[item.field.value]
-            keys.append(OrderKey(column.name, item.direction.value == "DESC"))
+            # A null direction (sent explicitly) means the default, ascending.
+            keys.append(OrderKey(column.name, item.direction is not None and item.direction.value == "DESC"))
     elif nested:
         keys.extend(OrderKey(name) for name in table.nested_order)
     seen: set[str] = set()

@@ -238,25 +238,25 @@ class SliceListFilter:
 @strawberry.input
 class PatientOrderBy:
     field: PatientOrderField  # type: ignore[valid-type]
-    direction: OrderDirection = OrderDirection.ASC
+    direction: OrderDirection | None = OrderDirection.ASC
 
 
 @strawberry.input
 class StudyOrderBy:
     field: StudyOrderField  # type: ignore[valid-type]
-    direction: OrderDirection = OrderDirection.ASC
+    direction: OrderDirection | None = OrderDirection.ASC
 
 
 @strawberry.input
 class SeriesOrderBy:
     field: SeriesOrderField  # type: ignore[valid-type]
-    direction: OrderDirection = OrderDirection.ASC
+    direction: OrderDirection | None = OrderDirection.ASC
 
 
 @strawberry.input
 class SliceOrderBy:
     field: SliceOrderField  # type: ignore[valid-type]
-    direction: OrderDirection = OrderDirection.ASC
+    direction: OrderDirection | None = OrderDirection.ASC
 
 
 # Connections

@@ -37,6 +37,17 @@ def test_date_order_puts_nulls_last(synthetic: Api, direction: str, expected: li
     assert [_short(n["studyInstanceUid"]) for n in data["allStudies"]["nodes"]] == expected
 
 
+def test_null_direction_is_ascending(synthetic: Api) -> None:
+    data = synthetic.data("{ allStudies(orderBy: [{field: STUDY_DATE, direction: null}]) { nodes { studyDate } } }")
+    assert [n["studyDate"] for n in data["allStudies"]["nodes"]] == [
+        "2019-06-15",
+        "2020-01-01",
+        "2021-03-04",
+        "2022-01-01",
+        None,
+    ]
+
+
 def test_primary_key_breaks_ties(synthetic: Api) -> None:
     data = synthetic.data("{ allStudies(orderBy: [{field: STUDY_DESCRIPTION}]) { nodes { studyInstanceUid } } }")
     order = [_short(n["studyInstanceUid"]) for n in data["allStudies"]["nodes"]]
