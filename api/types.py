@@ -18,7 +18,7 @@ from strawberry import UNSET
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
-from api.columns import PATIENT, SERIES, SLICE, STUDY, Kind, Table, row_reader
+from api.columns import PATIENT, SERIES, SLICE, STUDY, TABLES, Kind, Table, row_reader
 from api.errors import NotFoundError, UserInputError
 from api.filters import compile_where
 from api.loaders import Context, GroupSpec
@@ -314,8 +314,10 @@ class Connection(Generic[NodeT]):
     async def _page(self, info: Ctx) -> Page:
         return await info.context.loaders.pages.load((self._spec, self._parent))
 
-    async def _groups(self, info: Ctx, field: enum.Enum, date_part: DatePart | None, first: int | None) -> list:
-        table = _TABLE_OF[self._spec.table]
+    async def _groups(
+        self, info: Ctx, field: enum.Enum, date_part: DatePart | None, first: int | None
+    ) -> list[GroupCount]:
+        table = TABLES[self._spec.table]
         column = table.by_enum[field.value]
         date_part = None if date_part is UNSET else date_part
         first = None if first is UNSET else first
@@ -559,9 +561,8 @@ class SliceConnection(Connection[Slice]):
 # Building objects and specs
 
 _ALL = Fragment(TRUE)
-_TABLE_OF = {t.name: t for t in (PATIENT, STUDY, SERIES, SLICE)}
 _NODE_CLASSES: dict[str, type] = {"Patient": Patient, "Study": Study, "Series": Series, "SliceMetadata": Slice}
-_READERS = {name: row_reader(_TABLE_OF[name]) for name in _NODE_CLASSES}
+_READERS = {name: row_reader(TABLES[name]) for name in _NODE_CLASSES}
 
 
 def make_node(table: Table, row: Sequence[Any]) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -140,6 +142,14 @@ def test_a_database_without_the_tables_is_a_clear_startup_error(tmp_path: Path) 
     app = create_app(Settings(database_url=f"sqlite:///{db}"))
     with pytest.raises(DatabaseUnavailable, match="does not hold the dicom-db tables"), TestClient(app):
         pass
+
+
+def test_a_path_with_url_special_characters_opens(synthetic_db: Path, tmp_path: Path) -> None:
+    odd = tmp_path / "a dir#1?x%20y" / "dé b.db"
+    odd.parent.mkdir()
+    shutil.copyfile(synthetic_db, odd)
+    for api in serve("sqlite:///" + quote(str(odd))):  # a URL: the path percent-encoded, as for dicom-ingest
+        assert api.data("{ allSeries { totalCount } }") == {"allSeries": {"totalCount": 6}}
 
 
 def test_settings_from_the_environment() -> None:
