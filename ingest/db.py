@@ -206,12 +206,18 @@ class Store:
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
-        try:
-            if conn is not None:
-                await conn.__aexit__(None, None, None)
-            await self._database.disconnect()
-        except Exception:  # closing after a failure: the failure is what gets reported
-            logging.getLogger(__name__).debug("error while closing %s", self.url, exc_info=True)
+        raw, self._raw = self._raw, None
+        steps = [conn.__aexit__(None, None, None)] if conn is not None else []
+        if raw is not None and self.dialect == "sqlite":
+            # After a failed transaction (disk full) `databases` may keep the connection counted as in use and
+            # never release it; closing aiosqlite's connection stops its thread, which would block exit.
+            steps.append(raw.close())
+        steps.append(self._database.disconnect())
+        for step in steps:
+            try:
+                await step
+            except Exception:  # closing after a failure: the failure is what gets reported
+                logging.getLogger(__name__).debug("error while closing %s", self.url, exc_info=True)
 
     async def _create_schema(self) -> None:
         for statement in schema_statements(self.dialect):

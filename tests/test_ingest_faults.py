@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import sqlite3
 import struct
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -240,3 +242,45 @@ def test_ctrl_c_stops_after_the_batch_prints_the_summary_and_exits_130(
     assert rows(db, "PRAGMA integrity_check") == [("ok",)]
     run_ingest(tree, "--db", f"sqlite:///{db}", check=0)
     assert dump_tables(db) == expected
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: a real 'disk full' for SQLite. Needs root (CI and the dev machines run as root)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill: {proc.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_exits_3_with_a_clear_error_and_a_whole_database(tiny_disk: Path, tmp_path: Path) -> None:
+    _big_tree(tmp_path / "tree", series=6, per_series=100)
+    db = tiny_disk / "full.db"
+    proc = run_ingest(tmp_path / "tree", "--db", f"sqlite:///{db}", "--batch-size", "50", check=3)
+    assert "database or disk is full" in proc.stderr and "Traceback" not in proc.stderr
+    assert "every batch committed before this error is kept" in proc.stderr
+    assert rows(db, "PRAGMA integrity_check") == [("ok",)]
+    assert rows(db, "PRAGMA foreign_key_check") == []
+    committed = _slice_count(db)
+    assert 0 < committed < 600
+    # Every slice stored has its series, study and patient, and every committed file its SourceFile row.
+    assert rows(db, 'SELECT COUNT(*) FROM "SourceFile" WHERE "Status" = \'ingested\'') == [(committed,)]
+
+
+def test_twenty_kills_at_random_moments_all_recover(crash_tree: tuple[Path, dict], tmp_path: Path) -> None:
+    tree, expected = crash_tree
+    rng = random.Random(20261129)
+    for trial in range(20):
+        db = tmp_path / f"kill{trial}.db"
+        proc = _start(tree, db)
+        time.sleep(rng.uniform(0.0, 1.5))  # from before the schema exists to the last batches
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if db.exists():
+            assert rows(db, "PRAGMA integrity_check") == [("ok",)], f"trial {trial}"
+            assert rows(db, "PRAGMA foreign_key_check") == [], f"trial {trial}"
+        run_ingest(tree, "--db", f"sqlite:///{db}", "--batch-size", "25", check=0)
+        assert dump_tables(db) == expected, f"trial {trial}"

@@ -1,0 +1,19 @@
+# dicom-db: the ingest CLI and the GraphQL API in one image.
+#   docker build -t dicom-db .
+#   docker run --rm -v /data/dicom:/dicom:ro -v dicomdb:/db dicom-db dicom-ingest /dicom --db sqlite:////db/dicom.db
+#   docker run --rm -p 8000:8000 -v dicomdb:/db dicom-db
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    DATABASE_URL=sqlite:////db/dicom.db
+WORKDIR /app
+COPY pyproject.toml README.md schema.sql ./
+COPY ingest ./ingest
+COPY api ./api
+# Editable install: schema.sql is read from the source tree next to the packages.
+RUN pip install -e . && useradd --system --uid 10001 dicomdb && mkdir /db && chown dicomdb /db
+USER dicomdb
+VOLUME ["/db"]
+EXPOSE 8000
+HEALTHCHECK CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz')"
+CMD ["dicom-api", "--host", "0.0.0.0", "--port", "8000"]
