@@ -20,7 +20,7 @@ from databases.core import Connection
 
 from api.columns import TABLES, Kind, Table
 from api.errors import DatabaseUnavailable
-from api.pagination import PageSpec, after_condition, order_exprs, order_sql
+from api.pagination import PageSpec, after_branches, order_exprs, order_sql
 from api.sql import POSTGRES, SQLITE, TRUE, Dialect, Fragment, json_list, q, value_expr
 
 log = logging.getLogger("dicom_api.db")
@@ -115,6 +115,7 @@ class Database:
         if self._pool is None:
             raise DatabaseUnavailable("the database is not connected")
         connection = await self._pool.get()
+        log.debug("SQL %s %s", sql, values)
         try:
             self.statements += 1
             records = await connection.fetch_all(sql, values or {})
@@ -133,13 +134,28 @@ class Database:
     async def page(self, spec: PageSpec) -> list[tuple[Any, ...]]:
         """One page of a root connection: select columns, then the ordering values."""
         table = TABLES[spec.table]
-        where, values = self._where_after(table, spec)
-        exprs = ", ".join(order_exprs(table, spec.order, "t0", self.dialect))
-        sql = (
-            f"SELECT {_select(table)}, {exprs} FROM {q(table.name)} t0 WHERE {where} "
-            f"ORDER BY {order_sql(table, spec.order, 't0', self.dialect)} LIMIT :limit"
+        exprs = order_exprs(table, spec.order, "t0", self.dialect)
+        order = order_sql(table, spec.order, "t0", self.dialect)
+        select = f"SELECT {_select(table)}, {', '.join(exprs)} FROM {q(table.name)} t0"
+        values = {**spec.where.values, "limit": spec.limit + 1}
+        branches = self._after(table, spec)
+        if len(branches) <= 1:
+            where = _and(spec.where.sql, branches[0].sql if branches else TRUE)
+            values.update(branches[0].values if branches else {})
+            return await self.fetch(f"{select} WHERE {where} ORDER BY {order} LIMIT :limit", values)
+        # After a cursor: each branch is a page of its own (an index seek), then the first `limit` of both.
+        parts = []
+        for branch in branches:
+            values.update(branch.values)
+            parts.append(
+                f"SELECT * FROM ({select} WHERE {_and(spec.where.sql, branch.sql)} ORDER BY {order} LIMIT :limit) _b"
+            )
+        width = len(table.select)
+        outer = ", ".join(
+            f"{width + i + 1} {'DESC' if key.descending else 'ASC'} NULLS LAST" for i, key in enumerate(spec.order)
         )
-        return await self.fetch(sql, {**values, "limit": spec.limit + 1})
+        sql = f"SELECT * FROM ({' UNION ALL '.join(parts)}) _u ORDER BY {outer} LIMIT :limit"
+        return await self.fetch(sql, values)
 
     async def pages(self, spec: PageSpec, fk: str, parents: Sequence[Any]) -> list[tuple[Any, ...]]:
         """The first `limit + 1` rows per parent, for all parents in one statement: select columns, then the
@@ -202,14 +218,25 @@ class Database:
             return expr
         return f"(CASE WHEN {self.dialect.is_iso_date(expr)} THEN substr({expr}, 1, {DATE_PARTS[date_part]}) END)"
 
+    def _after(self, table: Table, spec: PageSpec) -> list[Fragment]:
+        return [] if spec.after is None else after_branches(table, spec.order, spec.after, "t0", self.dialect)
+
     def _where_after(self, table: Table, spec: PageSpec) -> tuple[str, dict[str, Any]]:
+        """`where` and "after the cursor" as one condition (nested pages: their window needs one statement)."""
         values = spec.where.values
-        where = spec.where.sql
-        if spec.after is not None:
-            after = after_condition(table, spec.order, spec.after, "t0", self.dialect)
-            values.update(after.values)
-            where = f"({where}) AND {after.sql}" if where != TRUE else after.sql
-        return where, values
+        branches = self._after(table, spec)
+        if not branches:
+            return spec.where.sql, values
+        for branch in branches:
+            values.update(branch.values)
+        after = " OR ".join(f"({b.sql})" for b in branches)
+        return _and(spec.where.sql, f"({after})"), values
+
+
+def _and(a: str, b: str) -> str:
+    if a == TRUE:
+        return b
+    return a if b == TRUE else f"({a}) AND ({b})"
 
 
 def _select(table: Table) -> str:

@@ -137,11 +137,37 @@ def order_exprs(table: Table, order: Sequence[OrderKey], alias: str, dialect: Di
     return [value_expr(table.by_name[key.column], alias, dialect) for key in order]
 
 
-def after_condition(
+def after_branches(
     table: Table, order: Sequence[OrderKey], values: Sequence[Any], alias: str, dialect: Dialect
-) -> Fragment:
-    """Rows strictly after `values` in `order`: OR over i of (keys before i equal AND key i after)."""
+) -> list[Fragment]:
+    """Rows strictly after `values` in `order`, as one or two disjoint conditions (their OR is the whole).
+
+    The first key decides the shape. After a non-null value v the rows are those from v on (a range an index
+    can seek, then ties broken by the later keys) and, since nulls sort last, the rows whose first key is
+    null: two branches, so that neither hides the range from the planner behind an OR. After a null, only
+    the nulls remain, ordered by the later keys.
+    """
     params = Params("c")
+    first, *later_keys = order
+    head, *later_values = values
+    expr = value_expr(table.by_name[first.column], alias, dialect)
+    rest = _after_rest(table, later_keys, later_values, alias, dialect, params)
+    if head is None:
+        return [Fragment(f"{expr} IS NULL AND {rest}", tuple(params.values.items()))]
+    p = params.add(head)
+    strict, wide = ("<", "<=") if first.descending else (">", ">=")
+    if first.column == table.key:  # unique and never null: nothing to tie, no null region
+        return [Fragment(f"{expr} {strict} {p}", tuple(params.values.items()))]
+    seek = f"{expr} {wide} {p} AND ({expr} {strict} {p} OR ({expr} = {p} AND {rest}))"
+    values_ = tuple(params.values.items())
+    return [Fragment(seek, values_), Fragment(f"{expr} IS NULL", ())]
+
+
+def _after_rest(
+    table: Table, order: Sequence[OrderKey], values: Sequence[Any], alias: str, dialect: Dialect, params: Params
+) -> str:
+    """Rows after `values` among rows tied on the earlier keys: OR over i of (keys before i equal AND key i
+    after)."""
     ors = []
     equal: list[str] = []
     for key, value in zip(order, values, strict=True):
@@ -152,10 +178,10 @@ def after_condition(
         else:
             p = params.add(value)
             after = f"{expr} {'<' if key.descending else '>'} {p}"
-            if key.column != table.key:  # the primary key is never null; a bare comparison keeps its index usable
+            if key.column != table.key:  # the primary key is never null
                 after += f" OR {expr} IS NULL"
             same = f"{expr} = {p}"
         if after != FALSE:
             ors.append(" AND ".join([*equal, f"({after})"]))
         equal.append(f"({same})")
-    return Fragment("(" + " OR ".join(f"({o})" for o in ors) + ")" if ors else FALSE, tuple(params.values.items()))
+    return "(" + " OR ".join(f"({o})" for o in ors) + ")" if ors else FALSE
