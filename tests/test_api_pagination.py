@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -242,3 +245,19 @@ def test_bad_date_variable_is_a_clear_error(synthetic: Api) -> None:
     )
     [error] = body["errors"]
     assert "$d" in error["message"] and "2020-02-30" in error["message"]
+
+
+@pytest.mark.parametrize(("direction", "bound"), [("ASC", ">"), ("DESC", "<")])
+def test_a_page_after_a_cursor_seeks_the_index(
+    synthetic: Api, synthetic_db: Path, caplog: pytest.LogCaptureFixture, direction: str, bound: str
+) -> None:
+    query = f"""query($after: String) {{ allSlices(first: 5, after: $after,
+        orderBy: [{{field: SLICE_LOCATION, direction: {direction}}}]) {{ pageInfo {{ endCursor }} }} }}"""
+    cursor = synthetic.data(query, after=None)["allSlices"]["pageInfo"]["endCursor"]
+    with caplog.at_level(logging.DEBUG, logger="dicom_api.db"):
+        synthetic.data(query, after=cursor)
+    [(sql, values)] = [r.args for r in caplog.records if r.args and "LIMIT" in r.args[0]]
+    with sqlite3.connect(synthetic_db) as conn:
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", values)]
+    assert any(f"USING INDEX idx_slice_location (SliceLocation{bound}" in step for step in plan), plan
+    assert not any(step.startswith("SCAN t0") for step in plan), plan
