@@ -47,3 +47,11 @@ def dicomdir(dicomdir_db: Path) -> Iterator[Api]:
 @pytest.fixture(scope="session")
 def charset(charset_db: Path) -> Iterator[Api]:
     yield from serve(f"sqlite:///{charset_db}")
+
+
+@pytest.fixture(scope="session")
+def pydicom_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """Everything pydicom ships (odd files included), served: exit 1 as some of its files are not ingestible."""
+    root = tmp_path_factory.mktemp("pydicom_data")
+    db = ingest_into(root, root / "all.db", DICOMDIR_TESTS.parents[1], exit_code=1)
+    yield from serve(f"sqlite:///{db}")

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pydicom
+import pytest
 from api_helpers import UID_ROOT, Api
 from conftest import DICOMDIR_TESTS
 from pydicom.errors import InvalidDicomError
+
+from api.columns import PATIENT, SERIES, SLICE, STUDY, Table
 
 pytest_plugins = ["api_fixtures"]
 
@@ -260,3 +263,29 @@ def test_same_arguments_in_two_places_give_the_same_answer(synthetic: Api) -> No
         "nodes": [{"studyDate": "2019-06-15"}, {"studyDate": "2021-03-04"}],
         "totalCount": 2,
     }
+
+
+def _all_fields(table: Table) -> str:
+    names = []
+    for column in table.columns:
+        head, *rest = column.attr.split("_")
+        names.append(head + "".join(w.capitalize() for w in rest))
+    return " ".join(names) + " raw"
+
+
+@pytest.mark.parametrize("connection", ["allPatients", "allStudies", "allSeries", "allSlices"])
+def test_every_field_of_every_row_of_pydicom_data_is_served(pydicom_data: Api, connection: str) -> None:
+    table = {"allPatients": PATIENT, "allStudies": STUDY, "allSeries": SERIES, "allSlices": SLICE}[connection]
+    query = f"""query($after: String) {{ {connection}(first: 50, after: $after) {{
+        totalCount pageInfo {{ hasNextPage endCursor }} nodes {{ {_all_fields(table)} }} }} }}"""
+    seen, after = 0, None
+    while True:
+        page = pydicom_data.data(query, after=after)[connection]
+        seen += len(page["nodes"])
+        if not page["pageInfo"]["hasNextPage"]:
+            break
+        after = page["pageInfo"]["endCursor"]
+    assert seen == page["totalCount"] > 0
+    facets = " ".join(f"{c.attr}: groupBy(field: {c.enum}) {{ count }}" for c in table.columns)
+    for facet in pydicom_data.data(f"{{ {connection} {{ {facets} }} }}")[connection].values():
+        assert sum(g["count"] for g in facet) == seen
