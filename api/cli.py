@@ -13,7 +13,7 @@ import uvicorn
 
 from api.app import create_app
 from api.db import Database
-from api.errors import DatabaseUnavailable
+from api.errors import DatabaseUnavailable, UnsupportedDatabaseURL
 from api.settings import DEFAULT_DB, Settings, SettingsError
 
 EXIT_USAGE, EXIT_DATABASE = 2, 3
@@ -55,8 +55,10 @@ def main(argv: list[str] | None = None) -> None:
         _exit(EXIT_USAGE, str(exc))
     try:
         asyncio.run(_check_database(settings))
+    except UnsupportedDatabaseURL as exc:
+        _exit(EXIT_USAGE, str(exc))
     except DatabaseUnavailable as exc:
-        _exit(EXIT_DATABASE if "unsupported" not in str(exc) else EXIT_USAGE, str(exc))
+        _exit(EXIT_DATABASE, str(exc))
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
 
 

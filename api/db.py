@@ -19,7 +19,7 @@ from databases import DatabaseURL
 from databases.core import Connection
 
 from api.columns import TABLES, Kind, Table
-from api.errors import DatabaseUnavailable
+from api.errors import DatabaseUnavailable, UnsupportedDatabaseURL
 from api.pagination import PageSpec, after_branches, order_exprs, order_sql
 from api.sql import POSTGRES, SQLITE, TRUE, Dialect, Fragment, json_list, q, value_expr
 
@@ -34,7 +34,7 @@ def dialect_of(url: str) -> Dialect:
         return SQLITE
     if scheme.split("+")[0] in ("postgresql", "postgres"):
         return POSTGRES
-    raise DatabaseUnavailable(f"unsupported database URL {url!r}: use sqlite:///FILE or postgresql://HOST/DB")
+    raise UnsupportedDatabaseURL(f"unsupported database URL {url!r}: use sqlite:///FILE or postgresql://HOST/DB")
 
 
 class Database:

@@ -21,3 +21,7 @@ class NotFoundError(GraphQLError):
 
 class DatabaseUnavailable(Exception):
     """The database cannot be opened or does not hold the dicom-db tables."""
+
+
+class UnsupportedDatabaseURL(DatabaseUnavailable):
+    """The URL names a database this API cannot use (neither SQLite nor PostgreSQL)."""

@@ -193,6 +193,13 @@ def _api_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-c", "from api.cli import main; main()"]
 
 
+def test_cli_help_describes_every_option() -> None:
+    proc = subprocess.run([*_api_command(), "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    for option in ("--db", "--host", "--port", "--cors-origin", "--log-level", "DATABASE_URL", "read-only"):
+        assert option in proc.stdout
+
+
 def test_cli_refuses_a_missing_database(tmp_path: Path) -> None:
     proc = subprocess.run(
         [*_api_command(), "--db", f"sqlite:///{tmp_path / 'nope.db'}"], capture_output=True, text=True, timeout=60
