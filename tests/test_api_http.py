@@ -61,6 +61,21 @@ def test_get_in_a_browser_serves_graphiql_with_a_default_query(synthetic: Api) -
     assert synthetic.client.get("/", follow_redirects=False).headers["location"] == "/graphql"
 
 
+def test_malformed_requests_get_clear_answers_never_a_server_error(synthetic: Api) -> None:
+    client = synthetic.client
+    bad_json = client.post("/graphql", content=b"{not json", headers={"content-type": "application/json"})
+    assert (bad_json.status_code, bad_json.text) == (400, "Unable to parse request body as JSON")
+    no_query = client.post("/graphql", json={})
+    assert (no_query.status_code, no_query.text) == (400, "No GraphQL query found in the request")
+    assert client.put("/graphql", json={"query": "{ allSeries { totalCount } }"}).status_code == 405
+    syntax = client.post("/graphql", json={"query": "{ allPatients { "}).json()
+    assert syntax["errors"][0]["message"].startswith("Syntax Error")
+    mutation = client.post("/graphql", json={"query": "mutation { x }"}).json()
+    assert mutation["errors"][0]["message"] == "The mutation operation is not supported by the schema."
+    huge = client.post("/graphql", json={"query": "{ allPatients(first: 99999999999) { totalCount } }"}).json()
+    assert "32-bit" in huge["errors"][0]["message"]
+
+
 def test_healthz(synthetic: Api) -> None:
     response = synthetic.client.get("/healthz")
     assert response.status_code == 200
