@@ -103,6 +103,7 @@ class Database:
             try:
                 await self.fetch(f"SELECT {cols} FROM {q(table.name)} WHERE 1 = 0")
             except Exception as exc:
+                await self.disconnect()
                 raise DatabaseUnavailable(
                     f"{_safe_url(self.url)} does not hold the dicom-db tables (run dicom-ingest first): "
                     f"{_describe(exc)}"
@@ -112,6 +113,7 @@ class Database:
         await self.fetch("SELECT 1")
 
     async def fetch(self, sql: str, values: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run one statement on a free connection of the pool; rows as plain tuples."""
         if self._pool is None:
             raise DatabaseUnavailable("the database is not connected")
         connection = await self._pool.get()
