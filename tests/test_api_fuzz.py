@@ -1,0 +1,278 @@
+"""Fuzz the whole GraphQL schema with schemathesis against the real app over a real database.
+
+    .venv/bin/pytest tests/test_api_fuzz.py -s          # prints how many queries ran and what they answered
+    DICOM_DB_FUZZ_SEED=7 .venv/bin/pytest tests/test_api_fuzz.py -s    # explore with another seed
+
+The database is filled by the real `dicom-ingest` from pydicom's dicomdirtests files and a CT series written
+with pydicom. The schema is loaded by introspection from the app (in-process ASGI, lifespan and all), and every
+root field (`patient`, `study`, `series`, `slice`, `allPatients`, ...) gets queries generated from it by
+schemathesis (hypothesis-graphql underneath): valid documents with arbitrary nesting, arguments, filters,
+orderings, facets and values (positive mode), and documents that break the schema (negative mode). String
+arguments are often values of the database (IDs, UIDs, names, modalities), SQL and wildcard metacharacters, and
+`after` is often dropped or a real cursor, so that queries reach deep into the data instead of stopping at the
+first bad argument.
+
+Every response must be a GraphQL response, never a server error: HTTP 200 (or 400 for a refused request), JSON
+with `data` and/or a non-empty `errors` list, no `"Unexpected error."` (the masked message of an exception the API
+did not expect), no error that schemathesis classifies as a server error (an execution error without a client
+error code, a non-null field resolved to null), and no stack trace or SQL in any message.
+
+Hypothesis runs with a fixed seed and no example database, so CI generates the same queries every time; the test
+counts the queries actually sent and asserts at least 1,000.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import graphql
+import pytest
+from conftest import DICOMDIR_TESTS, run_ingest
+from dicom_factory import write_series
+
+schemathesis = pytest.importorskip("schemathesis")  # the `dev` extra installs it
+from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.config import SchemathesisConfig  # noqa: E402
+from schemathesis.generation import GenerationMode  # noqa: E402
+from schemathesis.graphql import nodes  # noqa: E402
+from schemathesis.python import asgi  # noqa: E402
+from schemathesis.specs.openapi.checks import response_schema_conformance  # noqa: E402
+
+from api.app import create_app  # noqa: E402
+from api.settings import Settings  # noqa: E402
+
+FUZZ_SEED = int(os.environ.get("DICOM_DB_FUZZ_SEED", "20260604"))
+# Per root field (8 of them): at least 1,000 queries in all, in about a minute on a 2-core machine.
+POSITIVE_EXAMPLES = 110
+NEGATIVE_EXAMPLES = 30
+MIN_QUERIES = 1000
+
+# Connections and the binding keys (`<Type>.<field>.<argument>`) of their `after` argument.
+CURSOR_QUERIES = {
+    "Query.allPatients.after": "{ allPatients(first: 3) { edges { cursor } } }",
+    "Query.allStudies.after": "{ allStudies(first: 3) { edges { cursor } } }",
+    "Query.allSeries.after": "{ allSeries(first: 3) { edges { cursor } } }",
+    "Query.allSlices.after": "{ allSlices(first: 3) { edges { cursor } } }",
+    "Patient.studies.after": "{ allPatients(first: 3) { nodes { studies(first: 1) { edges { cursor } } } } }",
+    "Study.series.after": "{ allStudies(first: 3) { nodes { series(first: 1) { edges { cursor } } } } }",
+    "Series.slices.after": "{ allSeries(first: 3) { nodes { slices(first: 2) { edges { cursor } } } } }",
+}
+# Text that has broken query builders before: SQL and LIKE metacharacters, DICOM wildcards, quotes, a NUL.
+NASTY_STRINGS = [
+    "",
+    " ",
+    "*",
+    "?",
+    "%",
+    "_",
+    "\\",
+    "'",
+    '"',
+    "CT*",
+    "*^*",
+    "doe^p*",
+    "%' OR '1'='1",
+    "'; DROP TABLE Patient; --",
+    "1.2.840.10008.%",
+    "\x00",
+    "\u00e4rger^\u00e9lodie",
+    "NOID-",
+]
+# Fragments of a leaked traceback or SQL statement, none of which a fuzzed value contains.
+LEAKS = ("Traceback", 'File "', "sqlite3.", "asyncpg", "OperationalError", "SELECT ", ' FROM "')
+
+
+@pytest.fixture(scope="module")
+def fuzz_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fuzz")
+    write_series(root / "written", count=6, patient_id="FUZZ-1", patient_name="Fuzz^Written")
+    db = root / "fuzz.db"
+    run_ingest(DICOMDIR_TESTS, root / "written", "--db", f"sqlite:///{db}", "--jobs", "1", "--quiet", check=0, cwd=root)
+    return db
+
+
+def database_values(db: Path) -> set[str]:
+    """Values stored in the database, for filters and lookups that find something."""
+    columns = {
+        "Patient": ["PatientID", "PatientName", "PatientSex"],
+        "Study": ["StudyInstanceUID", "StudyDescription", "AccessionNumber", "StudyDate"],
+        "Series": ["SeriesInstanceUID", "Modality", "SeriesDescription", "BodyPartExamined", "SliceThickness"],
+        "SliceMetadata": ["SOPInstanceUID", "ImageType"],
+    }
+    values: set[str] = set()
+    with sqlite3.connect(db) as conn:
+        for table, names in columns.items():
+            for name in names:
+                sql = f'SELECT DISTINCT "{name}" FROM "{table}" WHERE "{name}" IS NOT NULL ORDER BY 1 LIMIT 6'
+                values.update(str(row[0]) for row in conn.execute(sql))
+    return values
+
+
+def harvest_cursors(app: Any) -> dict[str, list[str]]:
+    """Real cursors of each connection in its default order, read through the API."""
+    cursors: dict[str, list[str]] = {}
+    with asgi.get_client(app) as client:
+        for key, query in CURSOR_QUERIES.items():
+            body = client.post("/graphql", json={"query": query}).json()
+            assert "errors" not in body, body
+            cursors[key] = sorted(set(_find_cursors(body["data"])))
+            assert cursors[key], f"no cursor for {key}: {body}"
+    return cursors
+
+
+def _find_cursors(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "cursor" and isinstance(item, str):
+                yield item
+            else:
+                yield from _find_cursors(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _find_cursors(item)
+
+
+class _DropAfter(graphql.Visitor):
+    def enter_argument(self, node: graphql.ArgumentNode, *_: Any) -> Any:
+        return graphql.REMOVE if node.name.value == "after" else None
+
+
+def drop_after_mostly(_context: Any, body: graphql.DocumentNode) -> st.SearchStrategy[graphql.DocumentNode]:
+    """A random `after` fails its whole connection; keep it in a quarter of the documents only."""
+    stripped = graphql.visit(body, _DropAfter())
+    return st.sampled_from([stripped, stripped, stripped, body])
+
+
+DATE_STRATEGY = st.one_of(
+    st.dates().map(lambda d: nodes.String(d.isoformat())),
+    st.sampled_from(["2021-13-01", "19700101", "2021-02-30", "", "0000-00-00", "9999-12-31T00:00"]).map(nodes.String),
+)
+
+
+@dataclass
+class Tally:
+    queries: int = 0
+    by_mode: collections.Counter[str] = field(default_factory=collections.Counter)
+    answered: int = 0  # responses with data and no error
+    codes: collections.Counter[str] = field(default_factory=collections.Counter)
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        modes = ", ".join(f"{mode} {n}" for mode, n in sorted(self.by_mode.items()))
+        codes = ", ".join(f"{code} {n}" for code, n in self.codes.most_common())
+        return (
+            f"fuzz: {self.queries} queries (seed {FUZZ_SEED}; {modes}); {self.answered} answered without error; "
+            f"errors by code: {codes}"
+        )
+
+
+def problems_of(status: int, content_type: str, text: str) -> list[str]:
+    """What is wrong with one response, as a server error; empty when it is a proper GraphQL response."""
+    if status not in (200, 400):
+        return [f"HTTP {status}"]
+    if "json" not in content_type:
+        return [f"content-type {content_type!r}"]
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return ["body is not JSON"]
+    if not isinstance(body, dict) or not body.keys() <= {"data", "errors", "extensions"}:
+        return ["body is not a GraphQL response object"]
+    if "data" not in body and "errors" not in body:
+        return ["neither data nor errors"]
+    errors = body.get("errors")
+    if errors is None:
+        return [] if isinstance(body.get("data"), dict) else ["no errors and no data object"]
+    if not isinstance(errors, list) or not errors:
+        return ["errors is not a non-empty list"]
+    problems = []
+    for error in errors:
+        if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+            problems.append(f"malformed error {error!r}")
+            continue
+        message = error["message"]
+        code = (error.get("extensions") or {}).get("code")
+        if message == "Unexpected error." or code == "INTERNAL_SERVER_ERROR":
+            problems.append(f"unexpected error: {error}")
+        problems.extend(f"leak {leak!r} in {message!r}" for leak in LEAKS if leak in message)
+    return problems
+
+
+def test_fuzz_whole_schema(fuzz_db: Path) -> None:
+    app = create_app(Settings(database_url=f"sqlite:///{fuzz_db}"))
+    try:
+        _fuzz(app, fuzz_db)
+    finally:
+        asgi.shutdown_lifespans()  # close the app's database connections
+
+
+def _fuzz(app: Any, db: Path) -> None:
+    cursors = harvest_cursors(app)  # starts the app's lifespan, which schemathesis keeps running
+    values = sorted(database_values(db) | set(NASTY_STRINGS))
+    config = SchemathesisConfig.from_dict(
+        {
+            "dictionaries": {
+                "values": {"values": values},
+                **{f"cursors-{i}": {"values": cursors[key]} for i, key in enumerate(CURSOR_QUERIES)},
+            },
+            # Half of the String arguments (filters, lookups) get a stored value or a nasty string.
+            "generation": {"dictionaries": {"string": {"dictionary": "values", "probability": 0.5}}},
+            # A kept `after` is a real cursor of its connection more often than not.
+            "parameters": {
+                key: {"dictionary": f"cursors-{i}", "probability": 0.6} for i, key in enumerate(CURSOR_QUERIES)
+            },
+        }
+    )
+    schemathesis.graphql.scalar("Date", DATE_STRATEGY)
+    schema = schemathesis.graphql.from_asgi("/graphql", app, config=config)
+    schema.hook("flatmap_body")(drop_after_mostly)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    root_fields = {operation.label for operation in operations}
+    assert root_fields >= {"Query.patient", "Query.slice", "Query.allPatients", "Query.allSlices"}, root_fields
+
+    tally = Tally()
+    modes = ((GenerationMode.POSITIVE, POSITIVE_EXAMPLES), (GenerationMode.NEGATIVE, NEGATIVE_EXAMPLES))
+    for operation in operations:
+        for mode, examples in modes:
+
+            @settings(
+                max_examples=examples,
+                database=None,
+                deadline=None,
+                phases=[Phase.generate, Phase.shrink],
+                suppress_health_check=list(HealthCheck),
+                print_blob=True,
+            )
+            @seed(FUZZ_SEED)
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def fuzz_one(case: Any) -> None:
+                response = case.call(timeout=30)
+                tally.queries += 1
+                tally.by_mode[case.meta.generation.mode.value] += 1
+                content_type = " ".join(
+                    response.headers.get("content-type", [])
+                )  # schemathesis: name -> list of values
+                problems = problems_of(response.status_code, content_type, response.text)
+                assert not problems, f"{problems}\nquery:\n{case.body}\nresponse: {response.text[:2000]}"
+                case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
+                body = response.json()
+                for error in body.get("errors") or []:
+                    tally.codes[(error.get("extensions") or {}).get("code") or "validation"] += 1
+                if not body.get("errors") and body.get("data") is not None:
+                    tally.answered += 1
+
+            fuzz_one()
+
+    print(tally.summary())
+    assert tally.queries >= MIN_QUERIES, tally.summary()
+    # Not a fuzz of error paths only: a good share of the generated queries run to the end and answer data.
+    assert tally.answered >= tally.queries // 5, tally.summary()
