@@ -1,0 +1,135 @@
+"""The GraphQL-over-HTTP audit of the `graphql-http` npm package against a real `dicom-api` (uvicorn).
+
+    .venv/bin/pytest tests/test_api_audit.py -s        # prints every audit result
+
+The test fills a database with the real `dicom-ingest` (pydicom's dicomdirtests files and a written CT series),
+starts `dicom-api` on a free port of 127.0.0.1, installs audit/ with `npm ci` when its node_modules is missing,
+runs `node audit/run.mjs URL` and asserts that no MUST audit fails (status "error"). The SHOULD/MAY audits that
+warn are listed, with the reason, in docs/api.md ("GraphQL over HTTP audit"); the test also pins that list, so a
+new warning (or one that went away) is noticed and documented. Skips, saying why, only when node or npm is not
+installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import DICOMDIR_TESTS, run_ingest
+from dicom_factory import write_series
+
+ROOT = Path(__file__).resolve().parents[1]
+AUDIT = ROOT / "audit"
+BIN = Path(sys.executable).parent
+
+# The audits that warn, by id, each explained in docs/api.md: the API answers `application/json` (with 200 for a
+# document that does not parse or validate) also to a client that asks for application/graphql-response+json.
+EXPECTED_WARNINGS = {"22EB", "865D", "556A", "D586", "51FE", "74FF", "5E5B", "86EE"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env() -> dict[str, str]:
+    """This environment without the API's own settings, so that only the command line configures the server."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("DICOM_", "DATABASE_URL"))}
+
+
+def api_command() -> list[str]:
+    exe = BIN / "dicom-api"
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from api.cli import main; main()"]
+
+
+def wait_healthy(proc: subprocess.Popen, base: str, log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"dicom-api exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"dicom-api did not answer {base}/healthz within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def audit_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("audit")
+    write_series(root / "written", count=3)
+    db = root / "audit.db"
+    run_ingest(DICOMDIR_TESTS, root / "written", "--db", f"sqlite:///{db}", "--jobs", "1", "--quiet", check=0, cwd=root)
+    return db
+
+
+@pytest.fixture(scope="module")
+def api_url(audit_db: Path) -> Iterator[str]:
+    port = free_port()
+    log = audit_db.with_name("dicom-api.log")
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*api_command(), "--db", f"sqlite:///{audit_db}", "--host", "127.0.0.1", "--port", str(port)],
+            env=server_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(proc, base, log)
+        yield f"{base}/graphql"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("node and npm are needed for the graphql-http audit (apt-get install nodejs npm)")
+    if not (AUDIT / "node_modules" / "graphql-http").is_dir():
+        proc = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=AUDIT, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, f"npm ci failed:\n{proc.stdout}\n{proc.stderr}"
+    return node
+
+
+def test_graphql_over_http_audit(node: str, api_url: str) -> None:
+    proc = subprocess.run([node, "run.mjs", api_url], cwd=AUDIT, capture_output=True, text=True, timeout=120)
+    print(proc.stdout)
+    results = re.findall(r"^(ok|notice|warn|error) +(\S+) ", proc.stdout, flags=re.M)
+    assert len(results) >= 50, f"too few audits ran:\n{proc.stdout}\n{proc.stderr}"
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("error")]
+    assert not errors, "MUST audits failed:\n" + "\n".join(errors)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    warned = {audit_id for status, audit_id in results if status in ("warn", "notice")}
+    assert warned == EXPECTED_WARNINGS, (
+        f"warnings changed (update docs/api.md and EXPECTED_WARNINGS): new {sorted(warned - EXPECTED_WARNINGS)}, "
+        f"gone {sorted(EXPECTED_WARNINGS - warned)}"
+    )
+
+
+def test_docs_explain_every_warning() -> None:
+    docs = (ROOT / "docs" / "api.md").read_text()
+    section = docs.split("## GraphQL over HTTP audit", 1)
+    assert len(section) == 2, "docs/api.md has no 'GraphQL over HTTP audit' section"
+    missing = [audit_id for audit_id in sorted(EXPECTED_WARNINGS) if audit_id not in section[1]]
+    assert not missing, f"warnings not explained in docs/api.md: {missing}"
