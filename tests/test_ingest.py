@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pty
 import re
 import shutil
+import struct
+import subprocess
+import termios
 from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import CHARSET_FILES, DICOMDIR_TESTS, TEST_FILES, dump_tables, rows, run_ingest
+from conftest import CHARSET_FILES, DICOMDIR_TESTS, TEST_FILES, dump_tables, ingest_command, rows, run_ingest
 from dicom_factory import uid, write_series
 
 SUMMARY = re.compile(
@@ -336,3 +341,36 @@ def test_help_describes_every_option() -> None:
     proc = run_ingest("--help", check=0)
     for option in ("--db", "--jobs", "--errors", "--quiet", "PATH"):
         assert option in proc.stdout
+
+
+def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    write_series(tmp_path / "in", count=5)
+    db = tmp_path / "tty.db"
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    try:
+        proc = subprocess.run(
+            [*ingest_command(), str(tmp_path / "in"), "--db", f"sqlite:///{db}"],
+            stdout=subprocess.PIPE,
+            stderr=secondary,
+            text=True,
+            timeout=120,
+        )
+        os.close(secondary)
+        secondary = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(primary)
+        if secondary != -1:
+            os.close(secondary)
+    assert proc.returncode == 0
+    assert b"100%" in shown and b"5/5" in shown  # tqdm's bar, on the terminal only
+    assert SUMMARY.search(proc.stdout) and "%|" not in proc.stdout
