@@ -18,11 +18,16 @@ did not expect), no error that schemathesis classifies as a server error (an exe
 error code, a non-null field resolved to null), and no stack trace or SQL in any message.
 
 Hypothesis runs with a fixed seed and no example database, so CI generates the same queries every time; the test
-counts the queries actually sent and asserts at least 1,000.
+counts the queries actually sent and asserts at least 1,000 (SQLite). A shorter run of the same fuzz (400 queries)
+goes against PostgreSQL when a server answers at 127.0.0.1:5432 (user postgres, trust auth; skipped otherwise).
+It found that a NUL character (U+0000) in a string argument fails on PostgreSQL, whose text type cannot hold it:
+`test_nul_character_in_a_string_argument_on_postgres` is a strict xfail until the API handles it, and the
+PostgreSQL fuzz leaves NUL out meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import os
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import graphql
 import pytest
 from conftest import DICOMDIR_TESTS, run_ingest
@@ -55,6 +61,11 @@ FUZZ_SEED = int(os.environ.get("DICOM_DB_FUZZ_SEED", "20260604"))
 POSITIVE_EXAMPLES = 110
 NEGATIVE_EXAMPLES = 30
 MIN_QUERIES = 1000
+# The PostgreSQL run (skipped without a server at 127.0.0.1:5432) is shorter: 400 queries.
+PG_POSITIVE_EXAMPLES = 40
+PG_NEGATIVE_EXAMPLES = 10
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+PG_ADMIN_DB = "test"
 
 # Connections and the binding keys (`<Type>.<field>.<argument>`) of their `after` argument.
 CURSOR_QUERIES = {
@@ -210,22 +221,89 @@ def problems_of(status: int, content_type: str, text: str) -> list[str]:
 def test_fuzz_whole_schema(fuzz_db: Path) -> None:
     app = create_app(Settings(database_url=f"sqlite:///{fuzz_db}"))
     try:
-        _fuzz(app, fuzz_db)
+        tally = fuzz(app, database_values(fuzz_db), POSITIVE_EXAMPLES, NEGATIVE_EXAMPLES, allow_nul=True)
     finally:
         asgi.shutdown_lifespans()  # close the app's database connections
+    assert tally.queries >= MIN_QUERIES, tally.summary()
+    # Not a fuzz of error paths only: a good share of the generated queries run to the end and answer data.
+    assert tally.answered >= tally.queries // 5, tally.summary()
 
 
-def _fuzz(app: Any, db: Path) -> None:
+@pytest.fixture(scope="module")
+def postgres_fuzz_url(fuzz_db: Path) -> Iterator[str]:
+    """A PostgreSQL database of its own, filled from the same files as `fuzz_db`; skips when no server answers."""
+    name = f"dicom_api_fuzz_{os.getpid()}"
+    try:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"'))
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"no usable PostgreSQL server at {PG_SERVER}/{PG_ADMIN_DB} (user postgres, trust auth): {exc}")
+    try:
+        root = fuzz_db.parent
+        run_ingest(DICOMDIR_TESTS, root / "written", "--db", f"{PG_SERVER}/{name}", "--jobs", "1", "--quiet", check=0)
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _pg_admin(*statements: str) -> None:
+    connection = await asyncpg.connect(f"{PG_SERVER}/{PG_ADMIN_DB}", timeout=5)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def test_fuzz_whole_schema_on_postgres(postgres_fuzz_url: str, fuzz_db: Path) -> None:
+    """The same fuzz, shorter, on PostgreSQL: its SQL phrases (api/sql.py) and its stricter text type."""
+    app = create_app(Settings(database_url=postgres_fuzz_url))
+    try:
+        # Without NUL characters in strings until the API handles them on PostgreSQL (next test).
+        tally = fuzz(app, database_values(fuzz_db), PG_POSITIVE_EXAMPLES, PG_NEGATIVE_EXAMPLES, allow_nul=False)
+    finally:
+        asgi.shutdown_lifespans()
+    assert tally.queries >= 8 * (PG_POSITIVE_EXAMPLES + PG_NEGATIVE_EXAMPLES) * 9 // 10, tally.summary()
+    assert tally.answered >= tally.queries // 5, tally.summary()
+
+
+NUL_QUERIES = [
+    '{ patient(patientId: "a\\u0000b") { patientId } }',
+    '{ allPatients(where: {patientName: {contains: "\\u0000"}}) { totalCount } }',
+    '{ allStudies(where: {studyDescription: {match: "*\\u0000*"}}) { totalCount } }',
+    '{ allSeries(where: {modality: {in: ["CT", "\\u0000"]}}) { totalCount } }',
+]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by the fuzz: PostgreSQL text cannot hold U+0000, asyncpg raises and the API answers "
+    "'Unexpected error.'; remove this mark once api/ refuses a string argument holding U+0000 with a "
+    "BAD_USER_INPUT error (on both databases) before any SQL runs",
+)
+@pytest.mark.parametrize("query", NUL_QUERIES)
+def test_nul_character_in_a_string_argument_on_postgres(postgres_fuzz_url: str, query: str) -> None:
+    app = create_app(Settings(database_url=postgres_fuzz_url))
+    with asgi.get_client(app) as client:
+        response = client.post("/graphql", json={"query": query})
+    asgi.shutdown_lifespans()
+    assert problems_of(response.status_code, response.headers.get("content-type", ""), response.text) == []
+
+
+def fuzz(app: Any, stored: set[str], positive: int, negative: int, *, allow_nul: bool) -> Tally:
+    """Run `positive` + `negative` generated queries per root field against `app`; fails on any server error."""
     cursors = harvest_cursors(app)  # starts the app's lifespan, which schemathesis keeps running
-    values = sorted(database_values(db) | set(NASTY_STRINGS))
+    values = sorted(v for v in stored | set(NASTY_STRINGS) if allow_nul or "\x00" not in v)
     config = SchemathesisConfig.from_dict(
         {
             "dictionaries": {
                 "values": {"values": values},
                 **{f"cursors-{i}": {"values": cursors[key]} for i, key in enumerate(CURSOR_QUERIES)},
             },
-            # Half of the String arguments (filters, lookups) get a stored value or a nasty string.
-            "generation": {"dictionaries": {"string": {"dictionary": "values", "probability": 0.5}}},
+            "generation": {
+                "allow-x00": allow_nul,
+                # Half of the String arguments (filters, lookups) get a stored value or a nasty string.
+                "dictionaries": {"string": {"dictionary": "values", "probability": 0.5}},
+            },
             # A kept `after` is a real cursor of its connection more often than not.
             "parameters": {
                 key: {"dictionary": f"cursors-{i}", "probability": 0.6} for i, key in enumerate(CURSOR_QUERIES)
@@ -240,9 +318,8 @@ def _fuzz(app: Any, db: Path) -> None:
     assert root_fields >= {"Query.patient", "Query.slice", "Query.allPatients", "Query.allSlices"}, root_fields
 
     tally = Tally()
-    modes = ((GenerationMode.POSITIVE, POSITIVE_EXAMPLES), (GenerationMode.NEGATIVE, NEGATIVE_EXAMPLES))
     for operation in operations:
-        for mode, examples in modes:
+        for mode, examples in ((GenerationMode.POSITIVE, positive), (GenerationMode.NEGATIVE, negative)):
 
             @settings(
                 max_examples=examples,
@@ -258,9 +335,7 @@ def _fuzz(app: Any, db: Path) -> None:
                 response = case.call(timeout=30)
                 tally.queries += 1
                 tally.by_mode[case.meta.generation.mode.value] += 1
-                content_type = " ".join(
-                    response.headers.get("content-type", [])
-                )  # schemathesis: name -> list of values
+                content_type = " ".join(response.headers.get("content-type", []))  # name -> list of values
                 problems = problems_of(response.status_code, content_type, response.text)
                 assert not problems, f"{problems}\nquery:\n{case.body}\nresponse: {response.text[:2000]}"
                 case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
@@ -273,6 +348,4 @@ def _fuzz(app: Any, db: Path) -> None:
             fuzz_one()
 
     print(tally.summary())
-    assert tally.queries >= MIN_QUERIES, tally.summary()
-    # Not a fuzz of error paths only: a good share of the generated queries run to the end and answer data.
-    assert tally.answered >= tally.queries // 5, tally.summary()
+    return tally
