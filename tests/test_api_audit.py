@@ -4,16 +4,19 @@
 
 The test fills a database with the real `dicom-ingest` (pydicom's dicomdirtests files and a written CT series),
 starts `dicom-api` on a free port of 127.0.0.1, installs audit/ with `npm ci` when its node_modules is missing,
-runs `node audit/run.mjs URL` and asserts that no MUST audit fails (status "error"). The SHOULD/MAY audits that
-warn are listed, with the reason, in docs/api.md ("GraphQL over HTTP audit"); the test also pins that list, so a
-new warning (or one that went away) is noticed and documented. Skips, saying why, only when node or npm is not
-installed.
+runs `node audit/run.mjs URL` and asserts that no MUST audit fails (status "error"). It does so twice: against a
+server without tokens, and against one with a full-access token (DICOM_API_TOKENS) that every audit request
+carries (DICOM_DB_AUDIT_TOKEN), so that authentication does not change how the API speaks HTTP. The SHOULD/MAY
+audits that warn are listed, with the reason, in docs/api.md ("GraphQL over HTTP audit"); the test also pins that
+list, so a new warning (or one that went away) is noticed and documented. Skips, saying why, only when node or npm
+is not installed.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -21,6 +24,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -75,21 +79,33 @@ def audit_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return db
 
 
-@pytest.fixture(scope="module")
-def api_url(audit_db: Path) -> Iterator[str]:
+@dataclass(frozen=True)
+class Server:
+    url: str
+    token: str | None  # the bearer token every request needs, None when the server has no tokens
+
+
+@pytest.fixture(scope="module", params=["open", "token"])
+def server(request: pytest.FixtureRequest, audit_db: Path) -> Iterator[Server]:
+    """`dicom-api` without tokens, and with one full-access token (DICOM_API_TOKENS) that the audit then sends."""
     port = free_port()
-    log = audit_db.with_name("dicom-api.log")
+    env = server_env()
+    token = None
+    if request.param == "token":
+        token = secrets.token_urlsafe(24)
+        env["DICOM_API_TOKENS"] = f"{token}:full:audit"
+    log = audit_db.with_name(f"dicom-api-{request.param}.log")
     with log.open("w") as out:
         proc = subprocess.Popen(
             [*api_command(), "--db", f"sqlite:///{audit_db}", "--host", "127.0.0.1", "--port", str(port)],
-            env=server_env(),
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(proc, base, log)
-        yield f"{base}/graphql"
+        yield Server(f"{base}/graphql", token)
     finally:
         proc.terminate()
         try:
@@ -112,8 +128,13 @@ def node() -> str:
     return node
 
 
-def test_graphql_over_http_audit(node: str, api_url: str) -> None:
-    proc = subprocess.run([node, "run.mjs", api_url], cwd=AUDIT, capture_output=True, text=True, timeout=120)
+def test_graphql_over_http_audit(node: str, server: Server) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DICOM_DB_AUDIT_TOKEN"}
+    if server.token:
+        env["DICOM_DB_AUDIT_TOKEN"] = server.token
+    proc = subprocess.run(
+        [node, "run.mjs", server.url], cwd=AUDIT, env=env, capture_output=True, text=True, timeout=120
+    )
     print(proc.stdout)
     results = re.findall(r"^(ok|notice|warn|error) +(\S+) ", proc.stdout, flags=re.M)
     assert len(results) >= 50, f"too few audits ran:\n{proc.stdout}\n{proc.stderr}"
