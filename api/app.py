@@ -6,28 +6,41 @@ extensions, middleware) has one home.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
 
+from cross_web import HTTPException
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.schema import BaseSchema
+from strawberry.types import ExecutionResult
 
+from api.auth import AccessLevel, RequireToken, describe_tokens, principal_of
 from api.db import Database
+from api.limits import timeout_error
 from api.loaders import Context, Loaders
+from api.masking import Access, Pseudonyms
 from api.schema import build_schema
 from api.settings import Settings
 from api.types import make_node
 
 log = logging.getLogger("dicom_api")
+
+# Seconds between row counts of the tables (the node budget's caps, api.limits): an ingest that runs meanwhile
+# adds at most this long's worth of rows that the budget does not yet know of.
+ROW_COUNT_INTERVAL = 10.0
 
 DEFAULT_QUERY = """# dicom-db GraphQL API. Ctrl-Enter runs the query; the Docs panel lists every field,
 # filter (where), ordering (orderBy) and facet (groupBy). More examples: docs/api.md.
@@ -59,7 +72,8 @@ DEFAULT_QUERY = """# dicom-db GraphQL API. Ctrl-Enter runs the query; the Docs p
 
 
 class GraphQLApp(GraphQL[Context, None]):
-    """Strawberry's ASGI view with this API's context: fresh loaders for every request."""
+    """Strawberry's ASGI view with this API's context: the request's access level, fresh loaders, one database
+    session (one connection, one snapshot) and the time limit."""
 
     def __init__(self, schema: BaseSchema, *, database: Database, settings: Settings) -> None:
         super().__init__(schema, graphql_ide="graphiql" if settings.graphiql else None)
@@ -67,13 +81,30 @@ class GraphQLApp(GraphQL[Context, None]):
         self.settings = settings
 
     async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
+        principal = principal_of(request.scope, bool(self.settings.tokens))
+        if principal is None:  # tokens configured, yet nothing authenticated this request: fail closed
+            raise HTTPException(401, "Authentication required")
+        access = Access(principal.level, self.database.pseudonyms)
         return Context(
             request=request,  # type: ignore[arg-type]
             response=response,  # type: ignore[arg-type]
             db=self.database,
             settings=self.settings,
-            loaders=Loaders(self.database, make_node),
+            loaders=Loaders(self.database, partial(make_node, access=access)),
+            access=access,
         )
+
+    async def execute_operation(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.database.request() as session:
+            try:
+                async with asyncio.timeout(self.settings.timeout) as deadline:
+                    return await super().execute_operation(*args, **kwargs)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                session.interrupt()  # the statements under way stop; the session ends as the block exits
+                log.warning("a request ran into the time limit of %g s and was stopped", self.settings.timeout)
+                return ExecutionResult(data=None, errors=[timeout_error(self.settings.timeout)])
 
     async def render_graphql_ide(self, request: Request) -> Response:
         return HTMLResponse(with_default_query(self.graphql_ide_html, DEFAULT_QUERY))
@@ -89,16 +120,26 @@ def with_default_query(html: str, query: str) -> str:
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
-    database = Database(settings.database_url, pool_size=settings.pool_size, busy_timeout_ms=settings.busy_timeout_ms)
-    schema = build_schema(introspection=settings.introspection, mask_errors=settings.mask_errors)
-    graphql = GraphQLApp(schema, database=database, settings=settings)
+    pseudonyms = Pseudonyms(settings.pseudonym_key)
+    database = Database(
+        settings.database_url,
+        pool_size=settings.pool_size,
+        busy_timeout_ms=settings.busy_timeout_ms,
+        pseudonyms=pseudonyms,
+    )
+    graphql = GraphQLApp(build_schema(settings), database=database, settings=settings)
+    # With tokens, nothing reaches the GraphQL view (GraphiQL page included) without a valid one.
+    endpoint: ASGIApp = RequireToken(graphql, settings.tokens) if settings.tokens else graphql
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        _log_access_settings(settings, pseudonyms)
         await database.connect()
+        counting = asyncio.create_task(_count_rows_every(database, ROW_COUNT_INTERVAL))
         try:
             yield
         finally:
+            counting.cancel()
             await database.disconnect()
 
     async def healthz(request: Request) -> Response:
@@ -125,7 +166,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         )
     app = Starlette(
         routes=[
-            Route("/graphql", graphql, methods=["GET", "POST"]),
+            Route("/graphql", endpoint, methods=["GET", "POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/", home, methods=["GET"]),
         ],
@@ -135,3 +176,25 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.database = database
     app.state.settings = settings
     return app
+
+
+def _log_access_settings(settings: Settings, pseudonyms: Pseudonyms) -> None:
+    if settings.tokens:
+        log.info("authentication required; tokens: %s", describe_tokens(settings.tokens))
+    else:
+        log.info("no tokens configured: every request has full access")
+    deidentified = any(t.level is AccessLevel.DEIDENTIFIED for t in settings.tokens)
+    if deidentified and not pseudonyms.configured:
+        log.warning(
+            "no pseudonym key configured (DICOM_API_PSEUDONYM_KEY or DICOM_API_PSEUDONYM_KEY_FILE): the pseudonyms "
+            "de-identified tokens see change whenever the server restarts"
+        )
+
+
+async def _count_rows_every(database: Database, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await database.count_rows()
+        except Exception as exc:  # the database may be restarting: the last counts stay, the next try may work
+            log.warning("counting the tables' rows failed: %s", exc)

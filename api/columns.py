@@ -36,6 +36,12 @@ def snake_case(column: str) -> str:
     return "_".join(w.lower() for w in _WORDS.findall(column))
 
 
+def camel_case(attr: str) -> str:
+    """`patient_name` -> `patientName`: how Strawberry shows a Python attribute in the schema."""
+    head, *rest = attr.split("_")
+    return head + "".join(word.capitalize() for word in rest)
+
+
 @dataclass(frozen=True, slots=True)
 class Column:
     name: str  # as in schema.sql
@@ -48,6 +54,11 @@ class Column:
     def __post_init__(self) -> None:
         object.__setattr__(self, "attr", self.attr or snake_case(self.name))
         object.__setattr__(self, "enum", self.attr.upper())
+
+    @property
+    def field_name(self) -> str:
+        """The field (and filter entry) in the schema."""
+        return camel_case(self.attr)
 
 
 @dataclass(frozen=True, slots=True)

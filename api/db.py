@@ -3,13 +3,20 @@ the loaders run. SQLite (aiosqlite) and PostgreSQL (asyncpg) share the code; `ap
 
 Every statement is assembled here from identifiers of `api.columns` and fragments whose values are bound
 parameters; no client string is ever part of the SQL text.
+
+A request runs all its statements on one connection, in one read transaction (`Database.request`): it sees one
+snapshot of the database, whatever an ingest commits meanwhile (SQLite in WAL mode: readers never wait for the
+writer; PostgreSQL: REPEATABLE READ READ ONLY). A connection that fails is closed and replaced, so the pool
+survives a database server restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -19,13 +26,20 @@ from databases import DatabaseURL
 from databases.core import Connection
 
 from api.columns import TABLES, Kind, Table
-from api.errors import DatabaseUnavailable, UnsupportedDatabaseURL
+from api.errors import DatabaseBusy, DatabaseUnavailable, UnsupportedDatabaseURL
+from api.masking import Pseudonyms
 from api.pagination import PageSpec, after_branches, order_exprs, order_sql
 from api.sql import POSTGRES, SQLITE, TRUE, Dialect, Fragment, json_list, q, value_expr
 
 log = logging.getLogger("dicom_api.db")
 
 DATE_PARTS = {"YEAR": 4, "MONTH": 7, "DAY": 10}
+RELEASE_TIMEOUT = 10.0  # seconds to end a request's transaction before the connection is given up
+READ_TRANSACTION = {"sqlite": "BEGIN", "postgresql": "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"}
+
+# The session of the request being served. A context variable, because the statements of a request are issued
+# from the tasks DataLoaders create for their batches, and those tasks inherit the request's context.
+_SESSION: ContextVar[Session | None] = ContextVar("dicom_api_session", default=None)
 
 
 def dialect_of(url: str) -> Dialect:
@@ -40,15 +54,21 @@ def dialect_of(url: str) -> Dialect:
 class Database:
     """A fixed pool of read-only connections, opened at startup and shared by all requests."""
 
-    def __init__(self, url: str, *, pool_size: int = 4, busy_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 4, busy_timeout_ms: int = 5000, pseudonyms: Pseudonyms | None = None
+    ) -> None:
         self.url = url
         self.dialect = dialect_of(url)
         self.pool_size = pool_size
         self.busy_timeout_ms = busy_timeout_ms
-        self.statements = 0  # statements run so far: tests (and later, budgets) read it
+        self.pseudonyms = pseudonyms or Pseudonyms()
+        self.statements = 0  # statements run for requests so far: tests read it
+        # Rows per table, counted at startup and refreshed by the app (api.app): the node budget's caps.
+        self.table_rows: dict[str, int] | None = None
         self._database: _Databases | None = None
-        self._pool: asyncio.Queue[Connection] | None = None
-        self._connections: list[Connection] = []
+        # Free connections; None is a slot whose connection failed, reopened when next taken.
+        self._pool: asyncio.Queue[Connection | None] | None = None
+        self._open_connections: set[Connection] = set()
 
     # Lifecycle
 
@@ -61,38 +81,55 @@ class Database:
             self._database = _Databases(self.url, min_size=1, max_size=self.pool_size, server_settings=settings)
         try:
             await self._database.connect()
-            # `databases` binds a connection to the task that asks for it: open each in a task of its own so the
-            # pool holds distinct connections, kept open for the life of the app.
-            self._connections = list(await asyncio.gather(*(self._open() for _ in range(self.pool_size))))
+            connections = await asyncio.gather(*(self._open() for _ in range(self.pool_size)))
         except DatabaseUnavailable:
             raise
         except Exception as exc:
             await self.disconnect()
             raise DatabaseUnavailable(f"cannot open database {_safe_url(self.url)}: {_describe(exc)}") from exc
         self._pool = asyncio.Queue()
-        for connection in self._connections:
+        for connection in connections:
             self._pool.put_nowait(connection)
         await self._check_schema()
+        await self.count_rows()
 
     async def _open(self) -> Connection:
         assert self._database is not None
-        connection = self._database.connection()
+        # A Connection of its own, not `databases`' per-task one: pool connections outlive the task that opens
+        # them and serve many others.
+        connection = Connection(self._database, self._database._backend)
         await connection.__aenter__()
-        if self.dialect is SQLITE:
+        self._open_connections.add(connection)
+        try:
             raw = connection.raw_connection
-            await raw.execute("PRAGMA query_only = ON")
-            await raw.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            # Unicode lower-casing for `match` (SQLite's LIKE folds ASCII only); see api.sql.Dialect.ilike.
-            await raw.create_function("dicom_lower", 1, _lower, deterministic=True)
+            if self.dialect is SQLITE:
+                await raw.execute("PRAGMA query_only = ON")
+                await raw.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+                # Unicode lower-casing for `match` (SQLite's LIKE folds ASCII only); see api.sql.Dialect.ilike.
+                await raw.create_function("dicom_lower", 1, _lower, deterministic=True)
+                await raw.create_function("dicom_pseudonym", 1, self.pseudonyms, deterministic=True)
+            else:
+                ipad, opad = self.pseudonyms.pads()
+                await raw.execute(
+                    "SELECT set_config('dicom_api.hmac_ipad', $1, false), set_config('dicom_api.hmac_opad', $2, false)",
+                    ipad.hex(),
+                    opad.hex(),
+                )
+        except BaseException:
+            await self._close(connection)
+            raise
         return connection
 
+    async def _close(self, connection: Connection) -> None:
+        self._open_connections.discard(connection)
+        try:
+            await asyncio.wait_for(connection.__aexit__(None, None, None), RELEASE_TIMEOUT)
+        except Exception as exc:  # closing is best effort: report, keep going
+            log.warning("closing a database connection failed: %s", _describe(exc))
+
     async def disconnect(self) -> None:
-        for connection in self._connections:
-            try:
-                await connection.__aexit__(None, None, None)
-            except Exception as exc:  # closing is best effort: report, keep closing the others
-                log.warning("closing a database connection failed: %s", _describe(exc))
-        self._connections = []
+        for connection in list(self._open_connections):
+            await self._close(connection)
         self._pool = None
         if self._database is not None and self._database.is_connected:
             await self._database.disconnect()
@@ -112,24 +149,129 @@ class Database:
     async def ping(self) -> None:
         await self.fetch("SELECT 1")
 
+    async def count_rows(self) -> None:
+        """Count the rows of each table, for the node budget (api.limits). Not a request's statements: not
+        counted in `statements`."""
+        counts = {}
+        for table in TABLES.values():
+            rows = await self._one_off(f"SELECT COUNT(*) FROM {q(table.name)}", None, counted=False)
+            counts[table.name] = int(rows[0][0])
+        self.table_rows = counts
+
+    # Connections
+
+    @asynccontextmanager
+    async def request(self) -> AsyncIterator[Session]:
+        """Serve one request: its statements (`fetch`, wherever called from within) share one connection and
+        one read transaction, taken at the first statement (a request refused before it runs SQL takes none)."""
+        session = Session(self)
+        token = _SESSION.set(session)
+        try:
+            yield session
+        finally:
+            _SESSION.reset(token)
+            await session.close()
+
     async def fetch(self, sql: str, values: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        """Run one statement on a free connection of the pool; rows as plain tuples."""
+        """Run one statement: on the request's connection when serving one, else on a free connection of the
+        pool. Rows as plain tuples."""
+        session = _SESSION.get()
+        if session is not None and session.db is self:
+            return await session.fetch(sql, values)
+        return await self._one_off(sql, values)
+
+    async def _one_off(self, sql: str, values: dict[str, Any] | None, counted: bool = True) -> list[tuple[Any, ...]]:
+        connection = await self._checkout(begin=False)
+        try:
+            return await self._run(connection, sql, values, counted)
+        finally:
+            await self._checkin(connection)
+
+    async def _run(
+        self, connection: Connection, sql: str, values: dict[str, Any] | None, counted: bool = True
+    ) -> list[tuple[Any, ...]]:
+        log.debug("SQL %s %s", sql, values)
+        self.statements += counted
+        records = await connection.fetch_all(sql, values or {})
+        return [tuple(r._mapping) for r in records]
+
+    async def _checkout(self, *, begin: bool) -> Connection:
+        """A free connection (opening one for an empty slot), in a read transaction if `begin`. A connection that
+        fails here is replaced once: after a server restart every pooled connection is dead, and the first
+        request should not be the one to notice."""
         if self._pool is None:
             raise DatabaseUnavailable("the database is not connected")
-        connection = await self._pool.get()
-        log.debug("SQL %s %s", sql, values)
+        slot = await self._pool.get()
+        taken = False
         try:
-            self.statements += 1
-            records = await connection.fetch_all(sql, values or {})
+            for attempt in (1, 2):
+                try:
+                    if slot is None:
+                        slot = await self._open()
+                    await self._reset(slot)
+                    if begin:
+                        await _execute(slot, READ_TRANSACTION[self.dialect.name])
+                    taken = True
+                    return slot
+                except Exception as exc:
+                    if slot is not None:
+                        await self._close(slot)
+                        slot = None
+                    if attempt == 2:
+                        log.error("the database is unavailable: %s", _describe(exc))
+                        raise DatabaseBusy() from exc
+                    log.warning("a database connection failed (%s); opening a new one", _describe(exc))
+            raise AssertionError("unreachable")
         finally:
-            self._pool.put_nowait(connection)
-        return [tuple(r._mapping) for r in records]
+            if not taken:
+                self._pool.put_nowait(slot)
+
+    async def _checkin(self, connection: Connection) -> None:
+        """End the connection's transaction and give it back; a connection that cannot is replaced."""
+        slot: Connection | None = connection
+        try:
+            await asyncio.wait_for(self._reset(connection), RELEASE_TIMEOUT)
+        except BaseException as exc:
+            log.warning("a database connection could not end its transaction (%s); replacing it", _describe(exc))
+            await self._close(connection)
+            slot = None
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            if self._pool is not None:
+                self._pool.put_nowait(slot)
+
+    async def _reset(self, connection: Connection) -> None:
+        """Roll back whatever transaction the connection is in; raise if it is not usable."""
+        raw = connection.raw_connection
+        if self.dialect is SQLITE:
+            if raw.in_transaction:
+                await _execute(connection, "ROLLBACK")
+        else:
+            if raw.is_closed():
+                raise DatabaseUnavailable("the connection was closed")
+            if raw.is_in_transaction():
+                await _execute(connection, "ROLLBACK")
+
+    def _interrupt(self, connection: Connection) -> None:
+        """Stop the statement running on `connection`, from the event loop's thread. SQLite runs statements in
+        aiosqlite's thread, which a cancelled task does not stop: sqlite3's interrupt() is the thread-safe way.
+        On PostgreSQL, cancelling the task that awaits asyncpg sends the server a cancel request."""
+        if self.dialect is SQLITE:
+            try:
+                connection.raw_connection._conn.interrupt()
+            except Exception as exc:  # already closed: nothing runs
+                log.debug("interrupt: %s", _describe(exc))
 
     # Named queries. Rows come back as tuples: the table's `select` columns first, extras after.
 
-    async def rows_by_keys(self, table: Table, column: str, keys: Sequence[Any]) -> list[tuple[Any, ...]]:
+    async def rows_by_keys(
+        self, table: Table, column: str, keys: Sequence[Any], *, pseudonym: bool = False
+    ) -> list[tuple[Any, ...]]:
+        """Rows whose `column` (or, with `pseudonym`, its pseudonym: a scan, not an index seek) is in `keys`."""
         kind = Kind.INT if table.by_name[column].kind is Kind.INT else Kind.STRING
-        member = self.dialect.in_values(f"t0.{q(column)}", ":keys", kind)
+        expr = f"t0.{q(column)}"
+        member = self.dialect.in_values(self.dialect.pseudonym(expr) if pseudonym else expr, ":keys", kind)
         sql = f"SELECT {_select(table)} FROM {q(table.name)} t0 WHERE {member}"
         return await self.fetch(sql, {"keys": json_list(keys)})
 
@@ -233,6 +375,60 @@ class Database:
             values.update(branch.values)
         after = " OR ".join(f"({b.sql})" for b in branches)
         return _and(spec.where.sql, f"({after})"), values
+
+
+class Session:
+    """One request's hold on the database: a connection taken at its first statement, in a read transaction,
+    given back when the request ends (`Database.request`)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._connection: Connection | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._running: set[asyncio.Task[Any]] = set()  # tasks with a statement of this request under way
+
+    async def fetch(self, sql: str, values: dict[str, Any] | None) -> list[tuple[Any, ...]]:
+        task = asyncio.current_task()
+        assert task is not None
+        self._running.add(task)
+        try:
+            async with self._lock:  # the first statements of a request may start side by side
+                if self._closed:
+                    raise DatabaseUnavailable("the request is over")
+                if self._connection is None:
+                    self._connection = await self.db._checkout(begin=True)
+                connection = self._connection
+            return await self.db._run(connection, sql, values)
+        finally:
+            self._running.discard(task)
+
+    def interrupt(self) -> None:
+        """Stop the statements under way (the request ran out of time)."""
+        for task in self._running:
+            task.cancel()
+        if self._connection is not None:
+            self.db._interrupt(self._connection)
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._closed = True
+        # Statements still under way (batches of an interrupted request) end before the connection is reused.
+        current = asyncio.current_task()
+        running = [t for t in self._running if t is not current]
+        if running:
+            await asyncio.wait(running, timeout=RELEASE_TIMEOUT)
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await self.db._checkin(connection)
+
+
+async def _execute(connection: Connection, sql: str) -> None:
+    """A transaction-control statement on the driver's connection: not a query, not counted, not logged."""
+    raw = connection.raw_connection
+    result = await raw.execute(sql)
+    if hasattr(result, "close"):  # aiosqlite returns a cursor
+        await result.close()
 
 
 def _and(a: str, b: str) -> str:

@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
-from graphql import GraphQLError
+from graphql import GraphQLError, Node
 
 
 class UserInputError(GraphQLError):
     """A bad argument: the message says which one and what is allowed."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, extensions={"code": "BAD_USER_INPUT"})
+    def __init__(self, message: str, nodes: Node | None = None) -> None:
+        super().__init__(message, nodes=nodes, extensions={"code": "BAD_USER_INPUT"})
+
+
+class ForbiddenError(GraphQLError):
+    """The request's access level may not do this (a de-identified token filtering on a masked field)."""
+
+    def __init__(self, message: str, nodes: Node | None = None) -> None:
+        super().__init__(message, nodes=nodes, extensions={"code": "FORBIDDEN"})
+
+
+class LimitExceeded(GraphQLError):
+    """A query over one of the server's limits (api.limits); the message names the limit and its value."""
+
+    def __init__(self, message: str, code: str, limit: str, value: float) -> None:
+        super().__init__(message, extensions={"code": code, "limit": limit, "value": value})
+
+
+class DatabaseBusy(GraphQLError):
+    """The database did not answer (it is restarting, or every connection failed); worth a retry."""
+
+    def __init__(self) -> None:
+        super().__init__("The database is not available right now; try again.", extensions={"code": "UNAVAILABLE"})
 
 
 class NotFoundError(GraphQLError):

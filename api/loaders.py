@@ -13,10 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from graphql import GraphQLError
 from strawberry.dataloader import DataLoader
 
 from api.columns import TABLES, Table
 from api.db import Database
+from api.masking import FULL, Access
 from api.pagination import Page, PageSpec
 from api.sql import Fragment
 
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 
     from api.settings import Settings
 
-RowKey = tuple[str, str, Any]  # (table, column, value)
+RowKey = tuple[str, str, Any] | tuple[str, str, Any, bool]  # (table, column, value[, by the column's pseudonym])
 PageKey = tuple[PageSpec, Any]  # (spec, parent key or None for a root connection)
 CountKey = tuple[str, Fragment, Any]  # (table, where, parent key or None)
 
@@ -55,18 +57,19 @@ class Loaders:
         self.groups: DataLoader[GroupKey, list[tuple[Any, int]]] = DataLoader(self._load_groups)
 
     async def _load_rows(self, keys: list[RowKey]) -> list[Any]:
-        wanted: dict[tuple[str, str], set[Any]] = defaultdict(set)
-        for table, column, value in keys:
-            wanted[(table, column)].add(value)
+        wanted: dict[tuple[str, str, bool], set[Any]] = defaultdict(set)
+        for key in keys:
+            wanted[_row_group(key)].add(key[2])
 
-        async def fetch(table_name: str, column: str, values: set[Any]) -> dict[Any, Any]:
+        async def fetch(table_name: str, column: str, pseudonym: bool, values: set[Any]) -> dict[Any, Any]:
             table = TABLES[table_name]
             index = table.select.index(column)
-            rows = await self.db.rows_by_keys(table, column, sorted(values))
-            return {row[index]: self.make_node(table, row) for row in rows}
+            rows = await self.db.rows_by_keys(table, column, sorted(values), pseudonym=pseudonym)
+            key_of = self.db.pseudonyms if pseudonym else _identity
+            return {key_of(row[index]): self.make_node(table, row) for row in rows}
 
         found = await _gather({k: fetch(*k, v) for k, v in wanted.items()})
-        return [found[(table, column)].get(value) for table, column, value in keys]
+        return [found[_row_group(key)].get(key[2]) for key in keys]
 
     async def _load_pages(self, keys: list[PageKey]) -> list[Page]:
         parents: dict[PageSpec, list[Any]] = defaultdict(list)
@@ -144,8 +147,17 @@ class Loaders:
         return [results[spec].get(parent, []) for spec, parent in keys]
 
 
+def _row_group(key: RowKey) -> tuple[str, str, bool]:
+    return (key[0], key[1], len(key) > 3 and bool(key[3]))  # type: ignore[misc]
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
 async def _gather(jobs: dict[Any, Any]) -> dict[Any, Any]:
-    """Run the statements of one batch side by side (the pool has several connections)."""
+    """Start the statements of one batch together: they queue on the request's connection, while the Python
+    around them (building nodes) overlaps."""
     values = await asyncio.gather(*jobs.values())
     return dict(zip(jobs.keys(), values, strict=True))
 
@@ -159,6 +171,7 @@ class Context:
     db: Database
     settings: Settings
     loaders: Loaders
-    # Compiled connection arguments by field path: the resolver of a nested connection runs once per parent
-    # with the same arguments, and compiles them once.
-    specs: dict[tuple[str, ...], PageSpec] = field(default_factory=dict)
+    access: Access = FULL  # what this request may see (api.masking)
+    # Compiled connection arguments (or the error they gave) by field path: the resolver of a nested
+    # connection runs once per parent with the same arguments, and compiles them once.
+    specs: dict[tuple[str, ...], PageSpec | GraphQLError] = field(default_factory=dict)

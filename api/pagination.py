@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.columns import Column, Kind, Table
-from api.errors import UserInputError
+from api.errors import ForbiddenError, UserInputError
+from api.masking import FULL, PSEUDONYMISED, Access
 from api.sql import FALSE, Dialect, Fragment, Params, value_expr
 
 CURSOR_VERSION = "c1"
@@ -28,6 +29,7 @@ CURSOR_VERSION = "c1"
 class OrderKey:
     column: str  # stored column name (api.columns)
     descending: bool = False
+    pseudonym: bool = False  # ordered by the column's pseudonym (de-identified access to a PatientID key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,15 +60,21 @@ class Page:
 
 
 def fingerprint(order: Sequence[OrderKey]) -> str:
-    return ",".join(("-" if k.descending else "+") + k.column for k in order)
+    # A pseudonym key is marked, so that a cursor made for one access level is refused by the other.
+    return ",".join(("-" if k.descending else "+") + ("~" if k.pseudonym else "") + k.column for k in order)
 
 
-def order_keys(table: Table, order_by: Sequence[Any] | None, *, nested: bool) -> tuple[OrderKey, ...]:
-    """The requested keys (inputs with `.field` and `.direction`), or the table's default, then the primary key."""
+def order_keys(
+    table: Table, order_by: Sequence[Any] | None, *, nested: bool, access: Access = FULL
+) -> tuple[OrderKey, ...]:
+    """The requested keys (inputs with `.field` and `.direction`), or the table's default, then the primary key.
+    For de-identified access a pseudonymised primary key orders by its pseudonym."""
     keys: list[OrderKey] = []
     if order_by:
         for item in order_by:
             column = table.by_enum[item.field.value]
+            if access.forbids(column):  # api.limits refuses this before execution; kept here as a backstop
+                raise ForbiddenError(f"de-identified access cannot order by {column.enum}")
             # A null direction (sent explicitly) means the default, ascending.
             keys.append(OrderKey(column.name, item.direction is not None and item.direction.value == "DESC"))
     elif nested:
@@ -79,7 +87,7 @@ def order_keys(table: Table, order_by: Sequence[Any] | None, *, nested: bool) ->
             unique.append(key)
         if key.column == table.key:  # the key is unique: later keys can never break a tie
             return tuple(unique)
-    return (*unique, OrderKey(table.key))
+    return (*unique, OrderKey(table.key, pseudonym=access.deidentified and table.key in PSEUDONYMISED))
 
 
 def page_size(first: int | None, default: int, maximum: int) -> int:
@@ -125,16 +133,21 @@ def _fits(column: Column, value: Any) -> bool:
     return isinstance(value, str)
 
 
+def key_expr(table: Table, key: OrderKey, alias: str, dialect: Dialect) -> str:
+    expr = value_expr(table.by_name[key.column], alias, dialect)
+    return dialect.pseudonym(expr) if key.pseudonym else expr
+
+
 def order_sql(table: Table, order: Sequence[OrderKey], alias: str, dialect: Dialect) -> str:
     parts = []
     for key in order:
-        expr = value_expr(table.by_name[key.column], alias, dialect)
+        expr = key_expr(table, key, alias, dialect)
         parts.append(f"{expr} {'DESC' if key.descending else 'ASC'} NULLS LAST")
     return ", ".join(parts)
 
 
 def order_exprs(table: Table, order: Sequence[OrderKey], alias: str, dialect: Dialect) -> list[str]:
-    return [value_expr(table.by_name[key.column], alias, dialect) for key in order]
+    return [key_expr(table, key, alias, dialect) for key in order]
 
 
 def after_branches(
@@ -150,7 +163,7 @@ def after_branches(
     params = Params("c")
     first, *later_keys = order
     head, *later_values = values
-    expr = value_expr(table.by_name[first.column], alias, dialect)
+    expr = key_expr(table, first, alias, dialect)
     rest = _after_rest(table, later_keys, later_values, alias, dialect, params)
     if head is None:
         return [Fragment(f"{expr} IS NULL AND {rest}", tuple(params.values.items()))]
@@ -171,7 +184,7 @@ def _after_rest(
     ors = []
     equal: list[str] = []
     for key, value in zip(order, values, strict=True):
-        expr = value_expr(table.by_name[key.column], alias, dialect)
+        expr = key_expr(table, key, alias, dialect)
         if value is None:
             after = FALSE  # nulls sort last in both directions: nothing sorts after a null but other nulls
             same = f"{expr} IS NULL"

@@ -12,12 +12,14 @@ from pathlib import Path
 import strawberry
 from graphql import GraphQLError
 from strawberry import UNSET
-from strawberry.extensions import MaskErrors, SchemaExtension
+from strawberry.extensions import MaskErrors, MaxTokensLimiter, SchemaExtension
 from strawberry.extensions.disable_introspection import DisableIntrospection
 from strawberry.types import ExecutionContext
 from strawberry.utils.logging import StrawberryLogger
 
 from api.columns import PATIENT, SERIES, SLICE, STUDY
+from api.limits import QueryGuard
+from api.settings import Settings
 from api.types import (
     Ctx,
     Patient,
@@ -51,9 +53,11 @@ _CONNECTION_DOC = (
 
 @strawberry.type
 class Query:
-    @strawberry.field(description="A patient by PatientID.")
+    @strawberry.field(description="A patient by PatientID (for a de-identified token: by its pseudonym).")
     async def patient(self, info: Ctx, patient_id: str) -> Patient | None:
-        return await info.context.loaders.rows.load((PATIENT.name, PATIENT.key, patient_id))
+        # De-identified access knows patients by pseudonym only: the real ID finds nothing.
+        by_pseudonym = info.context.access.deidentified
+        return await info.context.loaders.rows.load((PATIENT.name, PATIENT.key, patient_id, by_pseudonym))
 
     @strawberry.field(description="A study by StudyInstanceUID.")
     async def study(self, info: Ctx, study_instance_uid: str) -> Study | None:
@@ -129,11 +133,16 @@ class Schema(strawberry.Schema):
                 log.debug("query error: %s", error.message)
 
 
-def build_schema(*, introspection: bool = True, mask_errors: bool = True) -> strawberry.Schema:
-    extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = []
-    if mask_errors:
+def build_schema(settings: Settings | None = None) -> strawberry.Schema:
+    settings = settings or Settings()
+    extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
+        # The guard first: its checks run before the others' and it has the last word on errors (codes, dedupe).
+        partial(QueryGuard, settings),
+        partial(MaxTokensLimiter, max_token_count=settings.max_tokens),
+    ]
+    if settings.mask_errors:
         extensions.append(partial(MaskErrors, should_mask_error=unexpected))
-    if not introspection:
+    if not settings.introspection:
         extensions.append(DisableIntrospection)
     return Schema(query=Query, extensions=extensions)
 

@@ -1,18 +1,27 @@
 """API settings: defaults, overridden by the environment, overridden by command-line options.
 
-Environment: DATABASE_URL, DICOM_API_HOST, DICOM_API_PORT, DICOM_API_CORS_ORIGINS (comma-separated),
-DICOM_API_PAGE_SIZE, DICOM_API_MAX_PAGE_SIZE, DICOM_API_POOL_SIZE, DICOM_API_GRAPHIQL (1/0),
-DICOM_API_INTROSPECTION (1/0).
+Environment (docs/api.md has the table): DATABASE_URL, DICOM_API_HOST, DICOM_API_PORT, DICOM_API_CORS_ORIGINS
+(comma-separated), DICOM_API_PAGE_SIZE, DICOM_API_MAX_PAGE_SIZE, DICOM_API_POOL_SIZE, DICOM_API_GRAPHIQL (1/0),
+DICOM_API_INTROSPECTION (1/0); access: DICOM_API_TOKENS, DICOM_API_TOKENS_FILE, DICOM_API_PSEUDONYM_KEY,
+DICOM_API_PSEUDONYM_KEY_FILE, DICOM_API_ALLOW_UNAUTHENTICATED_REMOTE (1/0); limits: DICOM_API_MAX_DEPTH,
+DICOM_API_MAX_ALIASES, DICOM_API_MAX_TOKENS, DICOM_API_MAX_NODES, DICOM_API_TIMEOUT (seconds).
+
+Secrets (tokens, the pseudonym key) never appear in a message of this module: a bad entry is named by its
+position, never by its value.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from api.auth import Token, TokenError, parse_tokens, read_tokens_file
+
 DEFAULT_DB = "sqlite:///dicom.db"
+MIN_PSEUDONYM_KEY = 16  # characters of a configured pseudonym key
 
 
 class SettingsError(ValueError):
@@ -27,11 +36,23 @@ class Settings:
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default
     default_page_size: int = 100  # `first` when a connection is asked without it
     max_page_size: int = 1000  # the largest `first` accepted (and the largest `groupBy` list)
-    pool_size: int = 4  # database connections kept open
+    pool_size: int = 4  # database connections kept open; each request holds one while it runs
     busy_timeout_ms: int = 5000  # how long an SQLite read waits for a writer's lock
     graphiql: bool = True  # serve GraphiQL on GET /graphql to browsers
     introspection: bool = True
     mask_errors: bool = True  # unexpected errors become "Unexpected error." (details go to the log)
+    # Access. No tokens: no authentication, and the server only listens on a loopback address unless told
+    # otherwise (api.auth.check_bind).
+    tokens: tuple[Token, ...] = ()
+    allow_unauthenticated_remote: bool = False
+    # Key of the PatientID pseudonyms shown to de-identified tokens; None: a random key per server start.
+    pseudonym_key: bytes | None = field(default=None, repr=False)
+    # Query limits (api.limits): far above what a frontend asks, low enough that no query takes the server down.
+    max_depth: int = 20  # nested field levels
+    max_aliases: int = 50  # aliased fields in the document
+    max_tokens: int = 2000  # lexical tokens in the document (long lists belong in variables)
+    max_nodes: int = 2_000_000  # rows a response may hold (api.limits.Budget): 3 nested levels of 100 fit
+    timeout: float = 30.0  # seconds a request may run
 
     def __post_init__(self) -> None:
         if not 1 <= self.default_page_size <= self.max_page_size:
@@ -42,9 +63,21 @@ class Settings:
             raise SettingsError(f"pool size must be at least 1, got {self.pool_size}")
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port must be between 0 and 65535, got {self.port}")
+        for name in ("max_depth", "max_aliases", "max_tokens", "max_nodes"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.timeout <= 3600:
+            raise SettingsError(f"timeout must be more than 0 and at most 3600 seconds, got {self.timeout}")
+        if self.pseudonym_key is not None and len(self.pseudonym_key) < MIN_PSEUDONYM_KEY:
+            raise SettingsError(f"the pseudonym key must be at least {MIN_PSEUDONYM_KEY} bytes long")
+        secrets = [t.secret for t in self.tokens]
+        if len(set(secrets)) != len(secrets):
+            raise SettingsError("the same token is configured twice")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from `environ` (default: os.environ), then `overrides` (command-line options; None: not
+        given). `tokens_file` and `pseudonym_key_file` are read here, so that a missing file is a settings error."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         if env.get("DATABASE_URL"):
@@ -58,14 +91,41 @@ class Settings:
             ("pool_size", "DICOM_API_POOL_SIZE", int),
             ("graphiql", "DICOM_API_GRAPHIQL", _flag),
             ("introspection", "DICOM_API_INTROSPECTION", _flag),
+            ("allow_unauthenticated_remote", "DICOM_API_ALLOW_UNAUTHENTICATED_REMOTE", _flag),
+            ("max_depth", "DICOM_API_MAX_DEPTH", int),
+            ("max_aliases", "DICOM_API_MAX_ALIASES", int),
+            ("max_tokens", "DICOM_API_MAX_TOKENS", int),
+            ("max_nodes", "DICOM_API_MAX_NODES", int),
+            ("timeout", "DICOM_API_TIMEOUT", float),
         ):
             if env.get(key, "") != "":
                 try:
                     values[name] = parse(env[key])
                 except ValueError as exc:
                     raise SettingsError(f"{key}={env[key]!r}: {exc}") from None
+        tokens_file = overrides.pop("tokens_file", None) or env.get("DICOM_API_TOKENS_FILE") or None
+        key_file = overrides.pop("pseudonym_key_file", None) or env.get("DICOM_API_PSEUDONYM_KEY_FILE") or None
+        try:
+            tokens = parse_tokens(env.get("DICOM_API_TOKENS", ""), "DICOM_API_TOKENS")
+            if tokens_file:
+                tokens += read_tokens_file(Path(tokens_file))
+        except TokenError as exc:
+            raise SettingsError(str(exc)) from None
+        if tokens:
+            values["tokens"] = tuple(tokens)
+        if key_file:
+            values["pseudonym_key"] = _read_key(Path(key_file))
+        elif env.get("DICOM_API_PSEUDONYM_KEY"):
+            values["pseudonym_key"] = env["DICOM_API_PSEUDONYM_KEY"].strip().encode()
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
+
+
+def _read_key(path: Path) -> bytes:
+    try:
+        return path.read_bytes().strip()
+    except OSError as exc:
+        raise SettingsError(f"cannot read the pseudonym key file {path}: {exc.strerror or exc}") from None
 
 
 def _origins(text: str) -> tuple[str, ...]:

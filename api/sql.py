@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.columns import Column, Kind
+from api.masking import PSEUDONYM_DIGITS, PSEUDONYM_PREFIX
 
 FALSE = "1 = 0"
 TRUE = "1 = 1"
@@ -70,6 +71,10 @@ class Dialect:
     def is_iso_date(self, expr: str) -> str:
         return f"{expr} GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]'"
 
+    def pseudonym(self, expr: str) -> str:
+        """`api.masking.Pseudonyms` of `expr`, computed by the database (registered on each connection)."""
+        return f"dicom_pseudonym({expr})"
+
     def int_text(self, expr: str) -> str:
         """The integer in a TEXT column holding a DICOM IS value, NULL when it is not one (as api.columns)."""
         t = f"trim({expr})"
@@ -99,6 +104,13 @@ class PostgresDialect(Dialect):
 
     def is_iso_date(self, expr: str) -> str:
         return f"{expr} ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}$'"
+
+    def pseudonym(self, expr: str) -> str:
+        # HMAC-SHA256 from the built-in sha256(); the padded keys are session settings of each connection
+        # (api.db), so that the key is in no statement's text or parameters (which the debug log shows).
+        inner = f"sha256(decode(current_setting('dicom_api.hmac_ipad'), 'hex') || convert_to({expr}, 'UTF8'))"
+        outer = f"sha256(decode(current_setting('dicom_api.hmac_opad'), 'hex') || {inner})"
+        return f"('{PSEUDONYM_PREFIX}' || substr(encode({outer}, 'hex'), 1, {PSEUDONYM_DIGITS}))"
 
     def int_text(self, expr: str) -> str:
         return f"(CASE WHEN {expr} ~ '^\\s*[+-]?[0-9]{{1,18}}\\s*$' THEN CAST(trim({expr}) AS BIGINT) END)"

@@ -14,14 +14,16 @@ from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
 import strawberry
+from graphql import GraphQLError
 from strawberry import UNSET
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from api.columns import PATIENT, SERIES, SLICE, STUDY, TABLES, Kind, Table, row_reader
-from api.errors import NotFoundError, UserInputError
+from api.errors import ForbiddenError, NotFoundError, UserInputError
 from api.filters import compile_where
 from api.loaders import Context, GroupSpec
+from api.masking import FULL, Access
 from api.pagination import Page, PageSpec, decode_cursor, order_keys, page_size
 from api.sql import TRUE, Fragment
 
@@ -321,6 +323,8 @@ class Connection(Generic[NodeT]):
         column = table.by_enum[field.value]
         date_part = None if date_part is UNSET else date_part
         first = None if first is UNSET else first
+        if info.context.access.forbids(column):  # api.limits refuses this before execution; kept as a backstop
+            raise ForbiddenError(f"de-identified access cannot group by {field.value}")
         if date_part is not None and column.kind is not Kind.DATE:
             raise UserInputError(f"`datePart` applies to date fields only, not {field.value}")
         limit = page_size(first, info.context.settings.max_page_size, info.context.settings.max_page_size)
@@ -349,7 +353,8 @@ def _bool_text(value: Any) -> str | None:
 
 
 def _raw(table: Table, row: Sequence[Any]) -> dict[str, Any]:
-    """The stored values of a row by column name, as ingested (DICOM text for text columns)."""
+    """The stored values of a row by column name, as ingested (DICOM text for text columns); `row` is the row
+    as the request's access may see it."""
     return {column.name: row[i] for i, column in enumerate(table.columns)}
 
 
@@ -372,15 +377,16 @@ class Patient:
     patient_id_generated: bool = strawberry.field(
         description="True when the files had no PatientID: the ID is 'NOID-' + the StudyInstanceUID."
     )
-    _row: strawberry.Private[Sequence[Any]]
+    _row: strawberry.Private[Sequence[Any]]  # as stored: the keys relations follow
+    _shown: strawberry.Private[Sequence[Any]]  # as the request's access may see it
 
     @strawberry.field(description=_RAW_DOC)
     def raw(self) -> JSON:
-        return _raw(PATIENT, self._row)
+        return _raw(PATIENT, self._shown)
 
     @strawberry.field(description="Number of studies of this patient.")
     async def study_count(self, info: Ctx) -> int:
-        return await info.context.loaders.counts.load((STUDY.name, _ALL, self.patient_id))
+        return await info.context.loaders.counts.load((STUDY.name, _ALL, self._row[_PATIENT_ID]))
 
     @strawberry.field
     def studies(
@@ -391,7 +397,8 @@ class Patient:
         first: int | None = UNSET,
         after: str | None = UNSET,
     ) -> StudyConnection:
-        return StudyConnection(_spec=_spec(info, STUDY, where, order_by, first, after, True), _parent=self.patient_id)
+        spec = _spec(info, STUDY, where, order_by, first, after, True)
+        return StudyConnection(_spec=spec, _parent=self._row[_PATIENT_ID])
 
 
 @strawberry.type(description="A study (one row of the Study table).")
@@ -405,14 +412,15 @@ class Study:
     series_date: dt.date | None
     referring_physician_name: str | None
     _row: strawberry.Private[Sequence[Any]]
+    _shown: strawberry.Private[Sequence[Any]]
 
     @strawberry.field(description=_RAW_DOC)
     def raw(self) -> JSON:
-        return _raw(STUDY, self._row)
+        return _raw(STUDY, self._shown)
 
     @strawberry.field
     async def patient(self, info: Ctx) -> Patient:
-        return await _required(info, PATIENT, self.patient_id, "study", self.study_instance_uid)
+        return await _required(info, PATIENT, self._row[_STUDY_PATIENT_ID], "study", self.study_instance_uid)
 
     @strawberry.field(description="Number of series in this study.")
     async def series_count(self, info: Ctx) -> int:
@@ -467,10 +475,11 @@ class Series:
     rotation_direction: str | None
     convolution_kernel: list[str] | None
     _row: strawberry.Private[Sequence[Any]]
+    _shown: strawberry.Private[Sequence[Any]]
 
     @strawberry.field(description=_RAW_DOC)
     def raw(self) -> JSON:
-        return _raw(SERIES, self._row)
+        return _raw(SERIES, self._shown)
 
     @strawberry.field
     async def study(self, info: Ctx) -> Study:
@@ -512,10 +521,11 @@ class Slice:
     longitudinal_temporal_info: str | None
     image_position_patient: list[float] | None
     _row: strawberry.Private[Sequence[Any]]
+    _shown: strawberry.Private[Sequence[Any]]
 
     @strawberry.field(description=_RAW_DOC)
     def raw(self) -> JSON:
-        return _raw(SLICE, self._row)
+        return _raw(SLICE, self._shown)
 
     @strawberry.field
     async def series(self, info: Ctx) -> Series:
@@ -563,17 +573,23 @@ class SliceConnection(Connection[Slice]):
 _ALL = Fragment(TRUE)
 _NODE_CLASSES: dict[str, type] = {"Patient": Patient, "Study": Study, "Series": Series, "SliceMetadata": Slice}
 _READERS = {name: row_reader(TABLES[name]) for name in _NODE_CLASSES}
+# Where relations find the stored (never the masked) PatientID.
+_PATIENT_ID = PATIENT.select.index("PatientID")
+_STUDY_PATIENT_ID = STUDY.select.index("PatientID")
 
 
-def make_node(table: Table, row: Sequence[Any]) -> Any:
-    """The GraphQL object for a stored row (columns in `table.select` order)."""
-    return _NODE_CLASSES[table.name](**_READERS[table.name](row), _row=row)
+def make_node(table: Table, row: Sequence[Any], access: Access = FULL) -> Any:
+    """The GraphQL object for a stored row (columns in `table.select` order), as `access` may see it: every
+    field and `raw` come from the masked row; only relations read the stored keys."""
+    shown = access.row(table, row)
+    return _NODE_CLASSES[table.name](**_READERS[table.name](shown), _row=row, _shown=shown)
 
 
 async def _required(info: Ctx, table: Table, key: Any, child: str, child_key: str) -> Any:
     node = await info.context.loaders.rows.load((table.name, table.key, key))
     if node is None:
-        raise NotFoundError(f"{child} {child_key} points to {table.type_name} {key!r}, which is not in the database")
+        # The missing key is not in the message: it may be a PatientID, which a de-identified token may not see.
+        raise NotFoundError(f"{child} {child_key} points to a {table.type_name} that is not in the database")
     return node
 
 
@@ -588,24 +604,42 @@ def _spec(
 ) -> PageSpec:
     """Compile a connection's arguments, once per field of the query (not once per parent row)."""
     # The response path without list indices names one field of the query, and GraphQL validation
-    # guarantees that a field has the same arguments wherever it occurs at that path.
+    # guarantees that a field has the same arguments wherever it occurs at that path. A bad argument is
+    # remembered too: it is the same error for every parent row (api.limits reports it once).
     key = tuple(k for k in info.path.as_list() if isinstance(k, str))
     cached = info.context.specs.get(key)
-    if cached is not None:
-        return cached
+    if cached is None:
+        try:
+            cached = _compile_spec(info, table, where, order_by, first, after, nested)
+        except GraphQLError as error:
+            cached = error
+        info.context.specs[key] = cached
+    if isinstance(cached, GraphQLError):
+        raise GraphQLError(cached.message, extensions=cached.extensions)
+    return cached
+
+
+def _compile_spec(
+    info: Ctx,
+    table: Table,
+    where: Any,
+    order_by: Sequence[Any] | None,
+    first: int | None,
+    after: str | None,
+    nested: bool,
+) -> PageSpec:
     settings = info.context.settings
+    access = info.context.access
     first = None if first is UNSET else first
     after = None if after is UNSET else after
-    order = order_keys(table, order_by, nested=nested)
-    spec = PageSpec(
+    order = order_keys(table, order_by, nested=nested, access=access)
+    return PageSpec(
         table=table.name,
-        where=compile_where(table, where, info.context.db.dialect),
+        where=compile_where(table, where, info.context.db.dialect, access=access),
         order=order,
         limit=page_size(first, settings.default_page_size, settings.max_page_size),
         after=decode_cursor(table, after, order) if after is not None else None,
     )
-    info.context.specs[key] = spec
-    return spec
 
 
 def root_spec(

@@ -1,0 +1,220 @@
+"""Bearer-token authentication and the two access levels.
+
+Tokens come from DICOM_API_TOKENS (`TOKEN:LEVEL[:NAME]`, comma-separated) and/or the file named by
+DICOM_API_TOKENS_FILE (one `TOKEN LEVEL [NAME]` per line). When any is configured, every request to /graphql
+(GraphiQL page included) must carry `Authorization: Bearer TOKEN`, else it is answered 401 before the GraphQL
+layer sees it. Without tokens there is no authentication, and `check_bind` keeps the server on loopback unless
+told that a remote, unauthenticated listener is intended.
+
+A token's value is a secret: it is compared in constant time, and no message, log line or repr shows it; a bad
+entry is named by its source and position, or by its NAME.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import ipaddress
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from api.settings import Settings
+
+log = logging.getLogger("dicom_api.auth")
+
+MIN_TOKEN_LENGTH = 16
+# RFC 6750's b64token: also guarantees that a token holds neither ':' nor ',' nor whitespace (the separators).
+_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_BEARER = re.compile(r"Bearer +(\S+) *", re.IGNORECASE)
+REALM = "dicom-db"
+PRINCIPAL_KEY = "dicom_api.principal"  # where the authenticated principal is kept in the ASGI scope's state
+
+
+class AccessLevel(enum.Enum):
+    FULL = "full"  # every column as stored
+    DEIDENTIFIED = "deidentified"  # person-identifying columns masked (api.masking)
+
+
+class TokenError(ValueError):
+    """A token entry cannot be used; the message names the entry, never the token."""
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    secret: str = field(repr=False)
+    level: AccessLevel
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request runs as: the token's name (for logs) and its access level."""
+
+    name: str
+    level: AccessLevel
+
+
+ANONYMOUS = Principal("anonymous", AccessLevel.FULL)  # no tokens configured: a local, single-user server
+
+
+def _token(secret: str, level: str, name: str, where: str) -> Token:
+    if not _TOKEN.fullmatch(secret):
+        raise TokenError(f"{where}: a token may hold only letters, digits and -._~+/ (and = at its end)")
+    if len(secret) < MIN_TOKEN_LENGTH:
+        raise TokenError(
+            f"{where}: the token is too short ({len(secret)} characters, at least {MIN_TOKEN_LENGTH}); make one "
+            "with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    try:
+        access = AccessLevel(level.strip().lower())
+    except ValueError:
+        raise TokenError(f"{where}: unknown access level {level.strip()!r}; use full or deidentified") from None
+    return Token(secret, access, name.strip() or where)
+
+
+def parse_tokens(text: str, source: str = "DICOM_API_TOKENS") -> list[Token]:
+    """`TOKEN:LEVEL[:NAME],...` (blank entries ignored); a missing name becomes "<source> entry N"."""
+    tokens = []
+    for number, entry in enumerate(text.split(","), start=1):
+        if not entry.strip():
+            continue
+        parts = entry.strip().split(":", 2)
+        where = f"{source} entry {number}"
+        if len(parts) < 2:
+            raise TokenError(f"{where}: expected TOKEN:LEVEL or TOKEN:LEVEL:NAME")
+        tokens.append(_token(parts[0], parts[1], parts[2] if len(parts) > 2 else "", where))
+    return tokens
+
+
+def read_tokens_file(path: Path) -> list[Token]:
+    """One `TOKEN LEVEL [NAME]` per line; blank lines and lines starting with # are ignored."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise TokenError(f"cannot read the tokens file {path}: {reason}") from None
+    tokens = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split(None, 2)
+        where = f"tokens file {path} line {number}"
+        if len(parts) < 2:
+            raise TokenError(f"{where}: expected TOKEN LEVEL [NAME]")
+        tokens.append(_token(parts[0], parts[1], parts[2] if len(parts) > 2 else "", where))
+    return tokens
+
+
+class Authenticator:
+    """Finds the token a request presents. Every configured token is compared, in constant time, whatever
+    matches: how long the check takes says nothing about which token, or how much of one, was right."""
+
+    def __init__(self, tokens: Sequence[Token]) -> None:
+        # Compare digests, not the tokens themselves: equal lengths, so not even a token's length leaks.
+        self._digests = [(Principal(t.name, t.level), _digest(t.secret)) for t in tokens]
+
+    def __bool__(self) -> bool:
+        return bool(self._digests)
+
+    def authenticate(self, presented: str) -> Principal | None:
+        digest = _digest(presented)
+        found = None
+        for principal, expected in self._digests:
+            if hmac.compare_digest(digest, expected):
+                found = principal
+        return found
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
+
+
+class RequireToken:
+    """ASGI wrapper of the GraphQL endpoint: 401 with a JSON error unless the request presents a valid token;
+    the principal is put in the scope's state for `get_context`."""
+
+    def __init__(self, app: ASGIApp, tokens: Sequence[Token]) -> None:
+        self.app = app
+        self.authenticator = Authenticator(tokens)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # only HTTP reaches /graphql (no websocket route); refuse anything else
+            return
+        header = _header(scope, b"authorization")
+        match = _BEARER.fullmatch(header) if header is not None else None
+        principal = self.authenticator.authenticate(match.group(1)) if match else None
+        if principal is None:
+            client = (scope.get("client") or ("?",))[0]
+            reason = "no bearer token" if match is None else "a token that is not valid"
+            log.warning("refused a request from %s to %s: %s", client, scope.get("path"), reason)
+            await _refusal(valid_form=match is not None)(scope, receive, send)
+            return
+        log.debug("request by %s (%s access)", principal.name, principal.level.value)
+        scope.setdefault("state", {})[PRINCIPAL_KEY] = principal
+        await self.app(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _refusal(valid_form: bool) -> JSONResponse:
+    if valid_form:
+        message, challenge = "The bearer token is not valid.", f'Bearer realm="{REALM}", error="invalid_token"'
+    else:
+        message, challenge = "Authentication required: send `Authorization: Bearer <token>`.", f'Bearer realm="{REALM}"'
+    body = {"errors": [{"message": message, "extensions": {"code": "UNAUTHENTICATED"}}]}
+    return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": challenge})
+
+
+def principal_of(scope: Any, tokens_configured: bool) -> Principal | None:
+    """The request's principal: the one RequireToken found, else anonymous full access when no tokens are
+    configured; None (refuse) when tokens are configured but nothing authenticated the request."""
+    principal = (scope.get("state") or {}).get(PRINCIPAL_KEY)
+    if principal is not None:
+        return principal
+    return None if tokens_configured else ANONYMOUS
+
+
+# Where the server may listen.
+
+
+class BindRefused(Exception):
+    """Listening on a non-loopback address without authentication, without being told that it is intended."""
+
+
+def is_loopback(host: str) -> bool:
+    name = host.strip().strip("[]").lower()
+    if name in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # another host name: it may resolve to anything
+
+
+def check_bind(settings: Settings) -> None:
+    if settings.tokens or settings.allow_unauthenticated_remote or is_loopback(settings.host):
+        return
+    raise BindRefused(
+        f"refusing to listen on {settings.host} without authentication: anyone who can reach it could read the "
+        "database. Configure tokens (DICOM_API_TOKENS or DICOM_API_TOKENS_FILE), listen on 127.0.0.1, or pass "
+        "--allow-unauthenticated-remote (DICOM_API_ALLOW_UNAUTHENTICATED_REMOTE=1) if this is intended"
+    )
+
+
+def describe_tokens(tokens: Iterable[Token]) -> str:
+    """For the startup log: names and levels, never the tokens."""
+    return ", ".join(f"{t.name} ({t.level.value})" for t in tokens)
