@@ -20,8 +20,13 @@ goes first, it measures:
 
 It prints a markdown table of medians (files/s, ingest/bare ratio, first-run/re-run speedup) and the
 per-round seconds; `--json FILE` also writes every measurement. The ratio and the speedup are computed per
-round (the two sides ran back to back) and the median of those is reported. Databases go to a temporary
-folder (`--workdir`) and are deleted.
+round (the two sides ran back to back) and the median of those is reported. It also records the CPU seconds
+of every measurement (user + system of all its processes, from getrusage of the waited-for children) and the
+CPU ratio bare/ingest, which the load of other processes on a shared machine barely moves. Databases go to a
+temporary folder (`--workdir`) and are deleted.
+
+`--ingest-src DIR` measures the `ingest` package found in DIR (a patched copy of the repository, say) instead
+of the installed one, for both (r) and (b)/(c): the way to measure a proposed change without touching the tree.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import multiprocessing
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -60,6 +66,12 @@ class Round:
     rerun_s: float
     rerun_internal_s: float
     bare_first: bool
+    # CPU seconds (user + system) of every process of the measurement: the pool workers for bare and reader,
+    # the dicom-ingest process and its workers for ingest. Other load on the machine barely changes them.
+    bare_cpu: float = 0.0
+    reader_cpu: float | None = None
+    ingest_cpu: float = 0.0
+    rerun_cpu: float = 0.0
 
 
 @dataclass
@@ -87,6 +99,11 @@ class Result:
     def ratio(self) -> float | None:
         """Median over rounds of (ingest files/s) / (bare files/s), both on the same files."""
         return self.median(lambda r: r.bare_s / r.ingest_s)
+
+    @property
+    def cpu_ratio(self) -> float | None:
+        """Median over rounds of bare CPU seconds / ingest CPU seconds: the ratio with the noise taken out."""
+        return self.median(lambda r: r.bare_cpu / r.ingest_cpu if r.ingest_cpu else None)
 
     @property
     def reader_ratio(self) -> float | None:
@@ -128,34 +145,67 @@ def _chunksize(n: int, jobs: int) -> int:
     return max(1, min(32, n // (jobs * 8)))  # what ingest/pipeline.py uses
 
 
-def pool_loop(files: Sequence[str], jobs: int, fn: Callable[[str], bool], init: Callable[[], None]) -> float:
-    """Seconds to run `fn` over `files` in a fresh fork pool of `jobs` processes (start-up included)."""
+def children_cpu() -> float:
+    """CPU seconds used so far by this process's waited-for children (and theirs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def pool_loop(
+    files: Sequence[str], jobs: int, fn: Callable[[str], bool], init: Callable[[], None]
+) -> tuple[float, float]:
+    """(wall, workers' CPU) seconds to run `fn` over `files` in a fresh fork pool of `jobs` processes."""
+    cpu = children_cpu()
     start = time.perf_counter()
     with multiprocessing.get_context("fork").Pool(jobs, initializer=init) as pool:
         for _ in pool.imap(fn, files, chunksize=_chunksize(len(files), jobs)):
             pass
-    return time.perf_counter() - start
+        pool.close()
+        pool.join()  # reap the workers, so that their CPU time is counted
+    return time.perf_counter() - start, children_cpu() - cpu
 
 
 # ------------------------------------------------------------------------------------------------ ingest
 
 
+# Set by --ingest-src: a folder holding another `ingest` package (e.g. a patched copy) to measure instead of the
+# installed one. The editable install's import hook is removed so that this folder wins.
+INGEST_SRC: str | None = None
+_LAUNCHER = (
+    "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '')]; "
+    "sys.path.insert(0, {src!r}); from ingest.cli import main; main()"
+)
+
+
+def use_ingest_src(src: str) -> None:
+    global INGEST_SRC
+    INGEST_SRC = os.path.abspath(src)
+    if not os.path.isfile(os.path.join(INGEST_SRC, "ingest", "reader.py")):
+        raise SystemExit(f"--ingest-src {src}: no ingest/reader.py there")
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
+    sys.path.insert(0, INGEST_SRC)
+
+
 def ingest_command() -> list[str]:
+    if INGEST_SRC:
+        return [sys.executable, "-c", _LAUNCHER.format(src=INGEST_SRC)]
     exe = Path(sys.executable).parent / "dicom-ingest"
     return [str(exe)] if exe.exists() else [sys.executable, "-c", "from ingest.cli import main; main()"]
 
 
-def run_ingest(corpus: str, db: Path, jobs: int) -> tuple[float, dict[str, int], float]:
-    """(wall seconds, summary counts, the run's own seconds) of one `dicom-ingest` subprocess."""
+def run_ingest(corpus: str, db: Path, jobs: int) -> tuple[float, dict[str, int], float, float]:
+    """(wall seconds, summary counts, the run's own seconds, CPU seconds) of one `dicom-ingest` subprocess."""
     cmd = [*ingest_command(), corpus, "--db", f"sqlite:///{db}", "--jobs", str(jobs), "--quiet"]
+    cpu = children_cpu()
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    cpu = children_cpu() - cpu
     match = SUMMARY.search(proc.stdout)
     if proc.returncode not in (0, 1) or match is None:
         raise SystemExit(f"dicom-ingest failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     counts = {k: int(v) for k, v in match.groupdict().items() if k != "seconds"}
-    return wall, counts, float(match["seconds"])
+    return wall, counts, float(match["seconds"]), cpu
 
 
 def remove_db(db: Path) -> None:
@@ -209,22 +259,37 @@ def bench_corpus(corpus: str, jobs: int, rounds: int, reader: bool, workdir: Pat
     db = workdir / "bench.db"
     for i in range(rounds):
         bare_first = i % 2 == 0
-        bare_s = reader_s = None
+        bare: tuple[float, float] | None = None
+        reader_s = reader_cpu = None
         if bare_first:
-            bare_s = pool_loop(files, jobs, _bare, _quiet)
+            bare = pool_loop(files, jobs, _bare, _quiet)
         remove_db(db)
-        ingest_s, result.summary_first, internal = run_ingest(corpus, db, jobs)
-        rerun_s, result.summary_rerun, rerun_internal = run_ingest(corpus, db, jobs)
+        ingest_s, result.summary_first, internal, ingest_cpu = run_ingest(corpus, db, jobs)
+        rerun_s, result.summary_rerun, rerun_internal, rerun_cpu = run_ingest(corpus, db, jobs)
         remove_db(db)
         if not bare_first:
-            bare_s = pool_loop(files, jobs, _bare, _quiet)
+            bare = pool_loop(files, jobs, _bare, _quiet)
         if reader:
-            reader_s = pool_loop(files, jobs, _reader, _reader_init)
-        assert bare_s is not None
-        result.rounds.append(Round(bare_s, reader_s, ingest_s, internal, rerun_s, rerun_internal, bare_first))
+            reader_s, reader_cpu = pool_loop(files, jobs, _reader, _reader_init)
+        assert bare is not None
+        result.rounds.append(
+            Round(
+                bare[0],
+                reader_s,
+                ingest_s,
+                internal,
+                rerun_s,
+                rerun_internal,
+                bare_first,
+                bare[1],
+                reader_cpu,
+                ingest_cpu,
+                rerun_cpu,
+            )
+        )
         print(
-            f"  round {i + 1}/{rounds}: bare {bare_s:.2f} s, reader {reader_s or 0:.2f} s, ingest {ingest_s:.2f} s, "
-            f"re-run {rerun_s:.2f} s",
+            f"  round {i + 1}/{rounds}: bare {bare[0]:.2f} s (cpu {bare[1]:.2f}), reader {reader_s or 0:.2f} s "
+            f"(cpu {reader_cpu or 0:.2f}), ingest {ingest_s:.2f} s (cpu {ingest_cpu:.2f}), re-run {rerun_s:.2f} s",
             file=sys.stderr,
         )
     if result.summary_first["found"] != len(files):
@@ -241,17 +306,19 @@ def _fmt(value: float | None, spec: str = ".0f") -> str:
 
 def markdown(results: Sequence[Result], rounds: int) -> str:
     lines = [
-        f"Medians of {rounds} rounds; ratio and speedup are medians of per-round values (both sides back to back).",
+        f"Medians of {rounds} rounds; ratios and speedup are medians of per-round values (both sides back to back). "
+        '"CPU" ratio: bare CPU seconds / ingest CPU seconds (all processes), which other load barely moves.',
         "",
         "| corpus | files | jobs | bare parse files/s | reader only files/s | ingest files/s | ingest / bare "
-        "| re-run files/s | first / re-run |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| ingest / bare, CPU | re-run files/s | first / re-run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r.corpus} | {r.files} | {r.jobs} | {_fmt(r.rate(lambda x: x.bare_s))} "
             f"| {_fmt(r.rate(lambda x: x.reader_s))} | {_fmt(r.rate(lambda x: x.ingest_s))} "
-            f"| {_fmt(r.ratio, '.2f')}x | {_fmt(r.rate(lambda x: x.rerun_s))} | {_fmt(r.speedup, '.1f')}x |"
+            f"| {_fmt(r.ratio, '.2f')}x | {_fmt(r.cpu_ratio, '.2f')}x | {_fmt(r.rate(lambda x: x.rerun_s))} "
+            f"| {_fmt(r.speedup, '.1f')}x |"
         )
     lines += [
         "",
@@ -259,8 +326,8 @@ def markdown(results: Sequence[Result], rounds: int) -> str:
         '"internal" = the time the ingest reports itself, without start-up, schema and walk):',
         "",
         "| corpus | MiB | walk | warm-up read | CLI start-up | bare | reader only | ingest wall | ingest internal "
-        "| re-run wall | re-run internal |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| re-run wall | re-run internal | bare CPU | reader CPU | ingest CPU | re-run CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         cells = [
@@ -273,6 +340,10 @@ def markdown(results: Sequence[Result], rounds: int) -> str:
             r.median(lambda x: x.ingest_internal_s),
             r.median(lambda x: x.rerun_s),
             r.median(lambda x: x.rerun_internal_s),
+            r.median(lambda x: x.bare_cpu),
+            r.median(lambda x: x.reader_cpu),
+            r.median(lambda x: x.ingest_cpu),
+            r.median(lambda x: x.rerun_cpu),
         ]
         lines.append(f"| {r.corpus} | {r.warm_bytes / 2**20:.0f} | " + " | ".join(_fmt(c, ".2f") for c in cells) + " |")
     lines += ["", "Per round, seconds (bare / reader only / ingest / re-run; * = bare ran first):", ""]
@@ -323,13 +394,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-reader", action="store_true", help="skip the reader-only diagnostic loop")
     parser.add_argument("--workdir", help="folder for the temporary databases (default: a new temporary folder)")
     parser.add_argument("--json", metavar="FILE", help="also write every measurement as JSON")
+    parser.add_argument(
+        "--ingest-src",
+        metavar="DIR",
+        help="measure the `ingest` package in DIR (e.g. a patched copy of the repository) instead of the installed one",
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.rounds < 1:
         parser.error("--jobs and --rounds must be at least 1")
+    if args.ingest_src:
+        use_ingest_src(args.ingest_src)
 
     _quiet()
     info = machine()
-    print(f"machine: {info}", file=sys.stderr)
+    print(f"machine: {info}; ingest command: {ingest_command()}", file=sys.stderr)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_ingest_"))
     workdir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -354,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                     "ingest_files_per_s": r.rate(lambda x: x.ingest_s),
                     "rerun_files_per_s": r.rate(lambda x: x.rerun_s),
                     "ingest_over_bare": r.ratio,
+                    "ingest_over_bare_cpu": r.cpu_ratio,
                     "reader_over_bare": r.reader_ratio,
                     "first_over_rerun": r.speedup,
                 }
