@@ -151,18 +151,28 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def own_cpu() -> float:
+    """CPU seconds used so far by this process (all threads: the pool's task and result handlers too)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def pool_loop(
     files: Sequence[str], jobs: int, fn: Callable[[str], bool], init: Callable[[], None]
 ) -> tuple[float, float]:
-    """(wall, workers' CPU) seconds to run `fn` over `files` in a fresh fork pool of `jobs` processes."""
-    cpu = children_cpu()
+    """(wall, CPU) seconds to run `fn` over `files` in a fresh fork pool of `jobs` processes.
+
+    CPU counts the workers and this process (which feeds the pool and collects results), as the ingest's CPU
+    counts its parent and its workers.
+    """
+    cpu = children_cpu() + own_cpu()
     start = time.perf_counter()
     with multiprocessing.get_context("fork").Pool(jobs, initializer=init) as pool:
         for _ in pool.imap(fn, files, chunksize=_chunksize(len(files), jobs)):
             pass
         pool.close()
         pool.join()  # reap the workers, so that their CPU time is counted
-    return time.perf_counter() - start, children_cpu() - cpu
+    return time.perf_counter() - start, children_cpu() + own_cpu() - cpu
 
 
 # ------------------------------------------------------------------------------------------------ ingest
