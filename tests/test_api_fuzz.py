@@ -23,9 +23,9 @@ ReferringPhysicianName, AccessionNumber), wherever in the response.
 Hypothesis runs with a fixed seed and no example database, so CI generates the same queries every time; the test
 counts the queries actually sent and asserts at least 1,000 (SQLite). A shorter run of the same fuzz (400 queries)
 goes against PostgreSQL when a server answers at 127.0.0.1:5432 (user postgres, trust auth; skipped otherwise).
-It found that a NUL character (U+0000) in a string argument fails on PostgreSQL, whose text type cannot hold it:
-`test_nul_character_in_a_string_argument_on_postgres` is a strict xfail until the API handles it, and the
-PostgreSQL fuzz leaves NUL out meanwhile.
+It found that a NUL character (U+0000) in a string argument failed on PostgreSQL, whose text type cannot hold it
+('Unexpected error.'); the API now refuses such an argument as bad input on both databases, which
+`test_nul_character_in_a_string_argument_is_refused` keeps.
 """
 
 from __future__ import annotations
@@ -265,7 +265,7 @@ def problems_of(status: int, content_type: str, text: str) -> list[str]:
 def test_fuzz_whole_schema(fuzz_db: Path) -> None:
     app = create_app(Settings(database_url=f"sqlite:///{fuzz_db}"))
     try:
-        tally = fuzz(app, database_values(fuzz_db), POSITIVE_EXAMPLES, NEGATIVE_EXAMPLES, allow_nul=True)
+        tally = fuzz(app, database_values(fuzz_db), POSITIVE_EXAMPLES, NEGATIVE_EXAMPLES)
     finally:
         asgi.shutdown_lifespans()  # close the app's database connections
     assert tally.queries >= MIN_QUERIES, tally.summary()
@@ -302,8 +302,7 @@ def test_fuzz_whole_schema_on_postgres(postgres_fuzz_url: str, fuzz_db: Path) ->
     """The same fuzz, shorter, on PostgreSQL: its SQL phrases (api/sql.py) and its stricter text type."""
     app = create_app(Settings(database_url=postgres_fuzz_url))
     try:
-        # Without NUL characters in strings until the API handles them on PostgreSQL (next test).
-        tally = fuzz(app, database_values(fuzz_db), PG_POSITIVE_EXAMPLES, PG_NEGATIVE_EXAMPLES, allow_nul=False)
+        tally = fuzz(app, database_values(fuzz_db), PG_POSITIVE_EXAMPLES, PG_NEGATIVE_EXAMPLES)
     finally:
         asgi.shutdown_lifespans()
     assert tally.queries >= 8 * (PG_POSITIVE_EXAMPLES + PG_NEGATIVE_EXAMPLES) * 9 // 10, tally.summary()
@@ -328,7 +327,6 @@ def test_fuzz_whole_schema_as_deidentified_client(fuzz_db: Path) -> None:
             database_values(fuzz_db),
             DEID_POSITIVE_EXAMPLES,
             DEID_NEGATIVE_EXAMPLES,
-            allow_nul=True,
             headers=headers,
             secret_values=secret,
         )
@@ -347,19 +345,24 @@ NUL_QUERIES = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by the fuzz: PostgreSQL text cannot hold U+0000, asyncpg raises and the API answers "
-    "'Unexpected error.'; remove this mark once api/ refuses a string argument holding U+0000 with a "
-    "BAD_USER_INPUT error (on both databases) before any SQL runs",
-)
 @pytest.mark.parametrize("query", NUL_QUERIES)
-def test_nul_character_in_a_string_argument_on_postgres(postgres_fuzz_url: str, query: str) -> None:
-    app = create_app(Settings(database_url=postgres_fuzz_url))
-    with asgi.get_client(app) as client:
-        response = client.post("/graphql", json={"query": query})
-    asgi.shutdown_lifespans()
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_nul_character_in_a_string_argument_is_refused(
+    backend: str, fuzz_db: Path, request: pytest.FixtureRequest, query: str
+) -> None:
+    """Found by the PostgreSQL fuzz (text there cannot hold U+0000: asyncpg raised, the API answered 'Unexpected
+    error.'); now refused as bad input on both databases, before any SQL."""
+    url = f"sqlite:///{fuzz_db}" if backend == "sqlite" else request.getfixturevalue("postgres_fuzz_url")
+    app = create_app(Settings(database_url=url))
+    try:
+        with asgi.get_client(app) as client:
+            response = client.post("/graphql", json={"query": query})
+    finally:
+        asgi.shutdown_lifespans()
     assert problems_of(response.status_code, response.headers.get("content-type", ""), response.text) == []
+    errors = response.json()["errors"]
+    assert [error["extensions"]["code"] for error in errors] == ["BAD_USER_INPUT"], errors
+    assert "U+0000" in errors[0]["message"], errors
 
 
 def fuzz(
@@ -368,7 +371,6 @@ def fuzz(
     positive: int,
     negative: int,
     *,
-    allow_nul: bool,
     headers: dict[str, str] | None = None,
     secret_values: frozenset[str] = frozenset(),
 ) -> Tally:
@@ -376,7 +378,7 @@ def fuzz(
     any server error, and on any string in a response that is one of `secret_values`."""
     headers = headers or {}
     cursors = harvest_cursors(app, headers)  # starts the app's lifespan, which schemathesis keeps running
-    values = sorted(v for v in stored | set(NASTY_STRINGS) if (allow_nul or "\x00" not in v) and v not in secret_values)
+    values = sorted((stored | set(NASTY_STRINGS)) - secret_values)
     config = SchemathesisConfig.from_dict(
         {
             "dictionaries": {
@@ -384,7 +386,6 @@ def fuzz(
                 **{f"cursors-{i}": {"values": cursors[key]} for i, key in enumerate(CURSOR_QUERIES)},
             },
             "generation": {
-                "allow-x00": allow_nul,
                 # Half of the String arguments (filters, lookups) get a stored value or a nasty string.
                 "dictionaries": {"string": {"dictionary": "values", "probability": 0.5}},
             },
