@@ -15,6 +15,7 @@ from functools import partial
 from typing import Any
 
 from cross_web import HTTPException
+from graphql import GraphQLError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -24,6 +25,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.http import GraphQLHTTPResponse
 from strawberry.schema import BaseSchema
 from strawberry.types import ExecutionResult
 
@@ -32,7 +34,7 @@ from api.db import Database
 from api.limits import timeout_error
 from api.loaders import Context, Loaders
 from api.masking import Access, Pseudonyms
-from api.schema import build_schema
+from api.schema import build_schema, unexpected
 from api.settings import Settings
 from api.types import make_node
 
@@ -94,6 +96,13 @@ class GraphQLApp(GraphQL[Context, None]):
             access=access,
         )
 
+    async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
+        # The last word on errors. MaskErrors masks what resolvers raise, but an exception raised in an
+        # extension's hook (a bug in api.limits, say) skips the hooks' post-processing, MaskErrors' included.
+        if self.settings.mask_errors and result.errors:
+            result.errors = [_masked(e) if unexpected(e) else e for e in result.errors]
+        return await super().process_result(request, result)
+
     async def execute_operation(self, *args: Any, **kwargs: Any) -> Any:
         async with self.database.request() as session:
             try:
@@ -108,6 +117,10 @@ class GraphQLApp(GraphQL[Context, None]):
 
     async def render_graphql_ide(self, request: Request) -> Response:
         return HTMLResponse(with_default_query(self.graphql_ide_html, DEFAULT_QUERY))
+
+
+def _masked(error: GraphQLError) -> GraphQLError:
+    return GraphQLError("Unexpected error.", nodes=error.nodes, path=error.path)
 
 
 def with_default_query(html: str, query: str) -> str:

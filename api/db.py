@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -108,6 +109,7 @@ class Database:
                 # Unicode lower-casing for `match` (SQLite's LIKE folds ASCII only); see api.sql.Dialect.ilike.
                 await raw.create_function("dicom_lower", 1, _lower, deterministic=True)
                 await raw.create_function("dicom_pseudonym", 1, self.pseudonyms, deterministic=True)
+                await raw.set_authorizer(_no_attach)
             else:
                 ipad, opad = self.pseudonyms.pads()
                 await raw.execute(
@@ -439,6 +441,12 @@ def _and(a: str, b: str) -> str:
 
 def _select(table: Table) -> str:
     return ", ".join(f"t0.{q(c)}" for c in table.select)
+
+
+def _no_attach(action: int, arg1: str | None, arg2: str | None, db_name: str | None, source: str | None) -> int:
+    # ATTACH (and VACUUM INTO, which attaches its target) creates the file it names before query_only and
+    # mode=ro refuse to write to it: refused here, before anything touches the disk.
+    return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_ATTACH else sqlite3.SQLITE_OK
 
 
 def _lower(value: Any) -> Any:

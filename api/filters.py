@@ -65,6 +65,9 @@ _OPS_BY_KIND: dict[Kind, tuple[str, ...]] = {
 }
 
 
+MAX_MATCH_LENGTH = 10_000
+
+
 def like_pattern(wildcards: str) -> str:
     """DICOM wildcard matching (`*`, `?`) as a LIKE pattern with '!' escaping LIKE's own special characters."""
     escaped = wildcards.replace("!", "!!").replace("%", "!%").replace("_", "!_")
@@ -169,6 +172,8 @@ class _Compiler:
         return f"{expr} IS NULL" if value else f"{expr} IS NOT NULL"
 
     def op_match(self, column: Column, expr: str, value: str) -> str:
+        if len(value) > MAX_MATCH_LENGTH:  # SQLite refuses LIKE patterns over 50,000 bytes; no DICOM value is near
+            raise UserInputError(f"`match` takes at most {MAX_MATCH_LENGTH} characters, got {len(value)}")
         return self.dialect.ilike(expr, self.params.add(like_pattern(value)))
 
 
