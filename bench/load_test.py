@@ -14,14 +14,17 @@ What it does, all on 127.0.0.1 and bounded in time:
    without load);
 3. starts a real `dicom-api` (uvicorn) on a free port over `load.db`, with a bearer token of the given access
    level (DICOM_API_TOKENS; an API without authentication ignores it), and waits for /healthz;
-4. runs --clients concurrent clients (httpx.AsyncClient) for --duration seconds, each sending a seeded mix of
+4. checks that a request without the token is refused (401) and one with it served, runs one client alone for
+   --baseline seconds (what each query costs when nothing waits), then --clients concurrent clients
+   (httpx.AsyncClient, one connection each) for --duration seconds, each sending a seeded mix of
    nested, filtered, facet, lookup and paging queries; --ingest-after seconds in, it starts `dicom-ingest BATCH`
    into `load.db` (the same file the server reads) and records when it ends;
 5. stops the server and compares the four tables of `load.db` with `reference.db` (every row, sorted).
 
 It prints the requests, failures (HTTP status other than 200, a response with GraphQL errors, a transport error
-or timeout), p50/p90/p99/max latency and requests/s, overall and per kind of query, and per client checks that the
-number of slices never went down between two of its requests (a reader never sees a batch disappear). Exit
+or timeout), p50/p90/p99/max latency and requests/s, overall and per kind of query, the CPU the server and the
+clients used and the machine's load average (the machine may be shared), and per client checks that the number of
+slices never went down between two of its requests (a reader never sees a batch disappear). Exit
 status: 0 when there was no failure, the counts never went down, the ingest exited 0 and the tables are identical;
 1 otherwise; 2 for a usage error.
 """
@@ -352,6 +355,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc (0 where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -400,10 +412,24 @@ async def run_load(args: argparse.Namespace, load_db: Path, samples_: Samples, t
     ingest_info: dict[str, Any] = {}
     try:
         await wait_healthy(base, server)
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(timeout=args.timeout) as probe:
+            anonymous = await probe.post(f"{base}/graphql", json={"query": "{ __typename }"})
+            authenticated = await probe.post(f"{base}/graphql", json={"query": "{ __typename }"}, headers=headers)
+        auth = {"without token": anonymous.status_code, "with token": authenticated.status_code}
+
+        # One client alone first: what each query costs when nothing waits.
+        baseline = Results()
+        if args.baseline > 0:
+            async with httpx.AsyncClient(timeout=args.timeout, headers=headers) as client:
+                deadline = time.perf_counter() + args.baseline
+                await client_loop(-1, client, f"{base}/graphql", samples_, args.seed, deadline, baseline)
+
         results = Results()
         limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
-        headers = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(limits=limits, timeout=args.timeout, headers=headers) as client:
+            load_before = os.getloadavg()[0]
+            server_cpu, client_cpu = process_cpu(server.pid), time.process_time()
             start = time.perf_counter()
             deadline = start + args.duration
 
@@ -428,8 +454,20 @@ async def run_load(args: argparse.Namespace, load_db: Path, samples_: Samples, t
                 )
             )
             seconds = time.perf_counter() - start
+            cpu = {
+                "server": (process_cpu(server.pid) - server_cpu) / seconds,
+                "clients": (time.process_time() - client_cpu) / seconds,
+                "load average": (load_before, os.getloadavg()[0]),
+            }
             await writer_task  # an ingest longer than the load finishes without it (reported)
-        return {"results": results, "seconds": seconds, "ingest": ingest_info}
+        return {
+            "results": results,
+            "baseline": baseline,
+            "seconds": seconds,
+            "ingest": ingest_info,
+            "auth": auth,
+            "cpu": cpu,
+        }
     finally:
         server.terminate()
         try:
@@ -449,6 +487,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="dicom-ingest --jobs (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=100, help="dicom-ingest --batch-size (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout in seconds")
+    parser.add_argument(
+        "--baseline",
+        type=float,
+        default=10.0,
+        help="seconds of one client alone before the load (default: %(default)s)",
+    )
     parser.add_argument("--access", default="full", help="access level of the load's token (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out" / "load")
@@ -497,32 +541,48 @@ def main(argv: list[str] | None = None) -> int:
     )
     outcome = asyncio.run(run_load(args, load_db, samples_, token))
     results: Results = outcome["results"]
+    baseline: Results = outcome["baseline"]
     seconds: float = outcome["seconds"]
     ingest_info = outcome["ingest"]
+    cpu = outcome["cpu"]
     same, comparison = compare(load_db, reference_db)
 
     every = [v for values in results.latencies.values() for v in values]
-    failed = sum(results.failures.values())
+    failed = sum(results.failures.values()) + sum(baseline.failures.values())
     print()
     machine = f"{os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}"
     print(f"machine: {machine}")
-    print(f"requests: {results.requests} in {seconds:.1f} s = {results.requests / seconds:.1f}/s; failed: {failed}")
+    print(f"authentication: {outcome['auth']} (HTTP status of one request)")
+    if baseline.requests:
+        print(f"one client alone for {args.baseline:.0f} s, before the load: {baseline.requests} requests")
+        print("| query | requests | per s | p50 ms | p90 ms | p99 ms | max ms |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for kind in sorted(baseline.latencies):
+            print(latency_row(kind, baseline.latencies[kind], args.baseline))
+        print()
+    print(
+        f"{args.clients} clients: {results.requests} requests in {seconds:.1f} s = {results.requests / seconds:.1f}/s; "
+        f"failed: {failed}"
+    )
     print("| query | requests | per s | p50 ms | p90 ms | p99 ms | max ms |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for kind in sorted(results.latencies):
         print(latency_row(kind, results.latencies[kind], seconds))
     if every:
         print(latency_row("**all**", every, seconds))
-    for reason, count in results.failures.most_common():
-        print(f"FAILED {count}x {reason}: {results.examples[reason]}")
-    overlap = ""
+    for result in (baseline, results):
+        for reason, count in result.failures.most_common():
+            print(f"FAILED {count}x {reason}: {result.examples[reason]}")
+    print(
+        f"CPU during the load: dicom-api {cpu['server']:.0%} of a core, the clients {cpu['clients']:.0%}; "
+        f"load average {cpu['load average'][0]:.1f} before, {cpu['load average'][1]:.1f} after"
+    )
     if "ended" in ingest_info:
-        overlap = (
+        print(
             f"ingest under load: {ingest_info['started']:.1f} s to {ingest_info['ended']:.1f} s of the run "
             f"({ingest_info['ended'] - ingest_info['started']:.1f} s; without load {quiet_seconds:.1f} s), "
             f"exit {ingest_info['exit']}: {ingest_info['output']}"
         )
-        print(overlap)
     print(f"slice count went down for a client: {results.decreases} times")
     print(f"tables after the load vs ingested without load: {comparison}")
 
@@ -534,10 +594,13 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": seconds,
             "rps": results.requests / seconds,
             "failed": failed,
-            "failures": dict(results.failures),
+            "failures": dict(results.failures + baseline.failures),
             "p50_ms": statistics.median(every) * 1000 if every else None,
             "p99_ms": percentile(every, 99) * 1000 if every else None,
             "per_kind": {k: {"n": len(v), "p50_ms": statistics.median(v) * 1000} for k, v in results.latencies.items()},
+            "baseline_p50_ms": {k: statistics.median(v) * 1000 for k, v in baseline.latencies.items()},
+            "auth": outcome["auth"],
+            "cpu": cpu,
             "ingest": ingest_info,
             "ingest_without_load_s": quiet_seconds,
             "identical": same,
