@@ -73,6 +73,12 @@ DEFAULT_QUERY = """# dicom-db GraphQL API. Ctrl-Enter runs the query; the Docs p
 """
 
 
+# The same, for a token that may not order by patient name.
+DEIDENTIFIED_DEFAULT_QUERY = DEFAULT_QUERY.replace(
+    "allPatients(first: 10, orderBy: [{field: PATIENT_NAME}])", "allPatients(first: 10)"
+)
+
+
 class GraphQLApp(GraphQL[Context, None]):
     """Strawberry's ASGI view with this API's context: the request's access level, fresh loaders, one database
     session (one connection, one snapshot) and the time limit."""
@@ -116,7 +122,10 @@ class GraphQLApp(GraphQL[Context, None]):
                 return ExecutionResult(data=None, errors=[timeout_error(self.settings.timeout)])
 
     async def render_graphql_ide(self, request: Request) -> Response:
-        return HTMLResponse(with_default_query(self.graphql_ide_html, DEFAULT_QUERY))
+        principal = principal_of(request.scope, bool(self.settings.tokens))
+        deidentified = principal is not None and principal.level is AccessLevel.DEIDENTIFIED
+        query = DEIDENTIFIED_DEFAULT_QUERY if deidentified else DEFAULT_QUERY
+        return HTMLResponse(with_default_query(self.graphql_ide_html, query))
 
 
 def _masked(error: GraphQLError) -> GraphQLError:
@@ -140,7 +149,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         busy_timeout_ms=settings.busy_timeout_ms,
         pseudonyms=pseudonyms,
     )
-    graphql = GraphQLApp(build_schema(settings), database=database, settings=settings)
+    schema = build_schema(settings, row_counts=lambda: database.table_rows)
+    graphql = GraphQLApp(schema, database=database, settings=settings)
     # With tokens, nothing reaches the GraphQL view (GraphiQL page included) without a valid one.
     endpoint: ASGIApp = RequireToken(graphql, settings.tokens) if settings.tokens else graphql
 

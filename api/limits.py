@@ -20,7 +20,7 @@ The time limit is enforced around the whole operation by the HTTP view (api.app)
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -438,9 +438,16 @@ def _introspection_bounds(schema: GraphQLSchema) -> dict[str, int]:
 # The extension.
 
 
+RowCounts = Callable[[], dict[str, int] | None]
+
+
 class QueryGuard(SchemaExtension):
-    def __init__(self, settings: Settings) -> None:
+    """`row_counts` gives the server's row counts per table (the node budget's caps); without it, or before the
+    first count, the request's database is asked for its own."""
+
+    def __init__(self, settings: Settings, row_counts: RowCounts | None = None) -> None:
         self.settings = settings
+        self.row_counts = row_counts
 
     def on_operation(self) -> Iterator[None]:
         yield
@@ -506,7 +513,9 @@ class QueryGuard(SchemaExtension):
             return []
         fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
         access = getattr(context.context, "access", FULL)
-        table_rows = getattr(getattr(context.context, "db", None), "table_rows", None)
+        table_rows = self.row_counts() if self.row_counts is not None else None
+        if table_rows is None:
+            table_rows = getattr(getattr(context.context, "db", None), "table_rows", None)
         budget = Budget(schema, fragments, variables, self.settings, access, table_rows)
         nodes = budget.selection_set(operation.selection_set, root, 1, True, None).nodes
         if budget.forbidden:

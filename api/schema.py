@@ -18,7 +18,7 @@ from strawberry.types import ExecutionContext
 from strawberry.utils.logging import StrawberryLogger
 
 from api.columns import PATIENT, SERIES, SLICE, STUDY
-from api.limits import QueryGuard
+from api.limits import QueryGuard, RowCounts
 from api.settings import Settings
 from api.types import (
     Ctx,
@@ -133,11 +133,12 @@ class Schema(strawberry.Schema):
                 log.debug("query error: %s", error.message)
 
 
-def build_schema(settings: Settings | None = None) -> strawberry.Schema:
+def build_schema(settings: Settings | None = None, row_counts: RowCounts | None = None) -> strawberry.Schema:
+    """The schema with this deployment's checks; `row_counts` gives the tables' sizes (api.limits.Budget)."""
     settings = settings or Settings()
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
         # The guard first: its checks run before the others' and it has the last word on errors (codes, dedupe).
-        partial(QueryGuard, settings),
+        partial(QueryGuard, settings, row_counts),
         partial(MaxTokensLimiter, max_token_count=settings.max_tokens),
     ]
     if settings.mask_errors:

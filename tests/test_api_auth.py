@@ -29,7 +29,7 @@ import pytest
 from api_helpers import UID_ROOT, TestClient
 
 from api import auth
-from api.app import create_app
+from api.app import DEFAULT_QUERY, DEIDENTIFIED_DEFAULT_QUERY, create_app
 from api.auth import AccessLevel, Authenticator, Token, parse_tokens, read_tokens_file
 from api.masking import masked_fields
 from api.settings import Settings, SettingsError
@@ -150,6 +150,16 @@ def test_a_valid_token_opens_every_way_in(app_client: TestClient) -> None:
             "/graphql", params={"query": "{ allSeries { totalCount } }"}, headers={"Authorization": f"bearer {token}"}
         )
         assert lower.status_code == 200
+
+
+def test_graphiql_default_query_runs_for_each_level(app_client: TestClient) -> None:
+    for token, query in ((FULL_TOKEN, DEFAULT_QUERY), (DEID_TOKEN, DEIDENTIFIED_DEFAULT_QUERY)):
+        client = Client(app_client, token)
+        page = app_client.get("/graphql", headers={**client.headers, "accept": "text/html"})
+        line = next(line.strip() for line in query.splitlines() if "allPatients(" in line)
+        assert line in page.text
+        assert ("PATIENT_NAME" in page.text) is (token == FULL_TOKEN)
+        assert client.data(query)["allPatients"]["totalCount"] == 4
 
 
 def test_cors_preflight_needs_no_token(synthetic_db: Path) -> None:
