@@ -106,7 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("--pool-size", "pool_size", int, "database connections (one per request being served)"),
     ):
         limits.add_argument(
-            option, dest=name, type=kind, metavar="N", help=f"{what} (default: {_number(getattr(defaults, name))})"
+            option,
+            dest=name,
+            type=kind,
+            metavar="SECONDS" if kind is float else "N",
+            help=f"{what} (default: {_number(getattr(defaults, name))})",
         )
     return parser
 
