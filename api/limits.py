@@ -90,77 +90,109 @@ def timeout_error(seconds: float) -> LimitExceeded:
 # Depth and aliases: the document's shape, no types needed (it runs before validation).
 
 
+# Fields, inline fragments and fragment spreads nested in one another: no real query comes near, and it bounds
+# the stack every walk over the document (these checks, graphql-core's) needs.
+MAX_NESTING = 100
+
+
 @dataclass(frozen=True, slots=True)
 class Shape:
-    depth: int  # nested field levels below (and including) a selection set's fields
+    depth: int  # field levels of a selection set, its own included
     aliases: int
+    nesting: int  # fields, inline fragments and spreads nested, its own included
+
+
+EMPTY = Shape(0, 0, 0)
 
 
 class Structure:
-    """Depth and alias count of each operation. A fragment is measured once; past `cutoff` levels the walk
-    stops, as the depth is over the limit anyway (and a deeper walk would only spend the stack)."""
+    """Depth, aliases and nesting of each operation, in time linear in the document.
 
-    def __init__(self, fragments: dict[str, FragmentDefinitionNode], cutoff: int) -> None:
-        self.fragments = fragments
-        self.cutoff = cutoff
+    Each fragment is measured once, after the fragments it spreads (in an order found without recursion), so a
+    spread costs a lookup however often it occurs; within one selection set the walk stops past MAX_NESTING."""
+
+    def __init__(self, fragments: dict[str, FragmentDefinitionNode]) -> None:
         self.memo: dict[str, Shape] = {}
-        self.active: set[str] = set()  # fragments being measured: a cycle (a validation error) stops here
+        for name in _spread_order(fragments):
+            self.memo[name] = self.selection_set(fragments[name].selection_set)
 
-    def selection_set(self, selection_set: SelectionSetNode, level: int = 0) -> Shape:
-        depth = aliases = 0
+    def selection_set(self, selection_set: SelectionSetNode, nesting: int = 0) -> Shape:
+        if nesting > MAX_NESTING:
+            return Shape(0, 0, 1)  # deeper than anything is allowed: the total says so
+        depth = aliases = deepest = 0
         for node in selection_set.selections:
             if isinstance(node, FieldNode):
-                if level >= self.cutoff:
-                    inner = Shape(1, 0)  # at least one more level: enough to be over the limit
-                elif node.selection_set is not None:
-                    inner = self.selection_set(node.selection_set, level + 1)
-                else:
-                    inner = Shape(0, 0)
+                inner = self.selection_set(node.selection_set, nesting + 1) if node.selection_set else EMPTY
                 depth = max(depth, 1 + inner.depth)
                 aliases += inner.aliases + (1 if node.alias else 0)
-            else:
-                inner = (
-                    self.fragment(node.name.value, level)
-                    if isinstance(node, FragmentSpreadNode)
-                    else self.selection_set(node.selection_set, level)
-                    if isinstance(node, InlineFragmentNode)
-                    else Shape(0, 0)
-                )
+            elif isinstance(node, InlineFragmentNode):
+                inner = self.selection_set(node.selection_set, nesting + 1)
                 depth = max(depth, inner.depth)
                 aliases += inner.aliases
-        return Shape(depth, aliases)
+            elif isinstance(node, FragmentSpreadNode):
+                inner = self.memo.get(node.name.value, EMPTY)  # unknown, or in a cycle: validation says so
+                depth = max(depth, inner.depth)
+                aliases += inner.aliases
+            else:
+                continue
+            deepest = max(deepest, 1 + inner.nesting)
+        return Shape(depth, aliases, deepest)
 
-    def fragment(self, name: str, level: int) -> Shape:
-        if name in self.memo:
-            return self.memo[name]
-        definition = self.fragments.get(name)
-        if definition is None or name in self.active:
-            return Shape(0, 0)
-        self.active.add(name)
-        try:
-            # Measured from level 0 so that the memo holds for every spread; the cutoff still bounds the walk.
-            shape = self.selection_set(definition.selection_set, 0)
-        finally:
-            self.active.discard(name)
-        self.memo[name] = shape
-        return shape
+
+def _spread_order(fragments: dict[str, FragmentDefinitionNode]) -> list[str]:
+    """Fragment names, each after the fragments it spreads (depth-first, post-order, with a stack of its own).
+    In a cycle, which validation refuses, one of the fragments is measured before the one it spreads."""
+    spreads = {name: _spreads(definition.selection_set) for name, definition in fragments.items()}
+    order: list[str] = []
+    seen: set[str] = set()
+    for root in fragments:
+        if root in seen:
+            continue
+        seen.add(root)
+        stack = [(root, iter(spreads[root]))]
+        while stack:
+            name, pending = stack[-1]
+            child = next(pending, None)
+            if child is None:
+                stack.pop()
+                order.append(name)
+            elif child in spreads and child not in seen:
+                seen.add(child)
+                stack.append((child, iter(spreads[child])))
+    return order
+
+
+def _spreads(selection_set: SelectionSetNode) -> list[str]:
+    names, stack = [], [selection_set]
+    while stack:
+        for node in stack.pop().selections:
+            if isinstance(node, FragmentSpreadNode):
+                names.append(node.name.value)
+            elif getattr(node, "selection_set", None) is not None:
+                stack.append(node.selection_set)
+    return names
 
 
 def shape_errors(document: Any, settings: Settings) -> list[GraphQLError]:
     fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
-    structure = Structure(fragments, cutoff=settings.max_depth + 1)
+    structure = Structure(fragments)
     errors: list[GraphQLError] = []
     for operation in document.definitions:
         if not isinstance(operation, OperationDefinitionNode):
             continue
         shape = structure.selection_set(operation.selection_set)
-        depth = f"{shape.depth}" if shape.depth <= settings.max_depth + 1 else f"more than {settings.max_depth + 1}"
-        if shape.depth > settings.max_depth:
+        if shape.nesting > MAX_NESTING:
+            message = (
+                f"The query nests fields and fragments more than {MAX_NESTING} deep; the depth limit is "
+                f"{settings.max_depth} (maxDepth)."
+            )
+            errors.append(limit_error("maxDepth", settings.max_depth, message))
+        elif shape.depth > settings.max_depth:
             errors.append(
                 limit_error(
                     "maxDepth",
                     settings.max_depth,
-                    f"The query is {depth} fields deep; the limit is {settings.max_depth} (maxDepth).",
+                    f"The query is {shape.depth} fields deep; the limit is {settings.max_depth} (maxDepth).",
                 )
             )
         if shape.aliases > settings.max_aliases:
@@ -168,7 +200,7 @@ def shape_errors(document: Any, settings: Settings) -> list[GraphQLError]:
                 limit_error(
                     "maxAliases",
                     settings.max_aliases,
-                    f"The query uses {shape.aliases} aliases; the limit is {settings.max_aliases} (maxAliases).",
+                    f"The query uses {shape.aliases:,} aliases; the limit is {settings.max_aliases} (maxAliases).",
                 )
             )
     return errors

@@ -100,7 +100,7 @@ def test_default_depth(synthetic: Api) -> None:
 
 def test_a_very_deep_document_is_refused_quickly(synthetic: Api) -> None:
     query = "{ " + "allPatients { nodes { " * 30 + "patientId" + " } }" * 30 + " }"
-    refused(synthetic, query, "DEPTH_LIMIT_EXCEEDED", "The query is more than 21 fields deep; the limit is 20")
+    refused(synthetic, query, "DEPTH_LIMIT_EXCEEDED", "The query is 61 fields deep; the limit is 20 (maxDepth).")
     # Deeper than the parser goes (graphql-core stops at its recursion limit): the same limit, in other words.
     query = "{ " + "allPatients { nodes { " * 300 + "patientId" + " } }" * 300 + " }"
     refused(synthetic, query, "DEPTH_LIMIT_EXCEEDED", "nested too deeply to parse; the limit is 20 (maxDepth)")
@@ -268,6 +268,23 @@ def test_introspection_lists_count_and_nest_only_so_far(small: Api, synthetic: A
         "data": None,
         "errors": [{"message": "Maximum introspection depth exceeded", "locations": [{"line": 1, "column": 3}]}],
     }
+
+
+def test_long_chains_of_fragments_are_refused_without_recursing_through_them(synthetic_db: Path) -> None:
+    """Fragments spreading the next, or inline fragments nested, add no field level but would nest any walk
+    over the document as deep as the chain is long: past 100, the depth limit refuses them."""
+    with_room = {"max_tokens": 100_000}  # so that the chains, not the token limit, are what is refused
+    for api in serve(f"sqlite:///{synthetic_db}", **with_room):
+        n = 3000
+        chain = "".join(f"fragment F{i} on Query {{ ...F{i + 1} }}\n" for i in range(n))
+        query = "{ ...F0 }\n" + chain + f"fragment F{n} on Query {{ allSeries {{ totalCount }} }}"
+        message = "The query nests fields and fragments more than 100 deep; the depth limit is 20 (maxDepth)."
+        refused(api, query, "DEPTH_LIMIT_EXCEEDED", message)
+        inline = "{ " + "... on Query { " * 101 + "__typename" + " }" * 101 + " }"
+        refused(api, inline, "DEPTH_LIMIT_EXCEEDED", message)
+        short = "".join(f"fragment F{i} on Query {{ ...F{i + 1} }}\n" for i in range(90))
+        query = "{ ...F0 }\n" + short + "fragment F90 on Query { allSeries { totalCount } }"
+        assert accepted(api, query) == {"allSeries": {"totalCount": 6}}
 
 
 def test_fragment_bombs_are_measured_in_linear_time(synthetic: Api) -> None:
