@@ -1,7 +1,9 @@
 # dicom-db: the ingest CLI and the GraphQL API in one image.
 #   docker build -t dicom-db .
 #   docker run --rm -v /data/dicom:/dicom:ro -v dicomdb:/db dicom-db dicom-ingest /dicom --db sqlite:////db/dicom.db
-#   docker run --rm -p 8000:8000 -v dicomdb:/db dicom-db
+#   docker run --rm -p 8000:8000 -v dicomdb:/db -e DICOM_API_TOKENS="$(openssl rand -hex 24):full" dicom-db
+# The API listens on 0.0.0.0 inside the container, so it refuses to start without tokens unless
+# DICOM_API_ALLOW_UNAUTHENTICATED_REMOTE=1 says that an open API is intended (docs/api.md, "Access").
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
