@@ -12,8 +12,9 @@ What it does, all on 127.0.0.1 and bounded in time:
    --fresh), and copies it twice: `load.db`, served under load, and `reference.db`;
 2. ingests BATCH into `reference.db` with nothing else running (the result to compare with, and the ingest time
    without load);
-3. starts a real `dicom-api` (uvicorn) on a free port over `load.db`, with a bearer token of the given access
-   level (DICOM_API_TOKENS; an API without authentication ignores it), and waits for /healthz;
+3. starts a real `dicom-api` (uvicorn) on a free port over `load.db`, with a bearer token of the --access level
+   (DICOM_API_TOKENS; `full`, or `deidentified`, whose queries then order patients by sex instead of name), and
+   waits for /healthz;
 4. checks that a request without the token is refused (401) and one with it served, runs one client alone for
    --baseline seconds (what each query costs when nothing waits), then --clients concurrent clients
    (httpx.AsyncClient, one connection each) for --duration seconds, each sending a seeded mix of
@@ -109,9 +110,10 @@ class Samples:
     modalities: list[str]
     body_parts: list[str]
     dates: list[str]
+    patient_order: str  # PATIENT_NAME; a de-identified token may not order by it (nor by PATIENT_ID)
 
 
-def samples(db: Path, rng: random.Random) -> Samples:
+def samples(db: Path, rng: random.Random, access: str) -> Samples:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
 
         def column(sql: str) -> list[str]:
@@ -127,14 +129,15 @@ def samples(db: Path, rng: random.Random) -> Samples:
             modalities=column('SELECT DISTINCT "Modality" FROM "Series" ORDER BY 1'),
             body_parts=column('SELECT DISTINCT "BodyPartExamined" FROM "Series" ORDER BY 1'),
             dates=["2015-06-01", "2017-01-01", "2019-01-01", "2021-06-30"],
+            patient_order="PATIENT_NAME" if access == "full" else "PATIENT_SEX",
         )
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # the query mix: (kind, weight, builder); a builder returns (query, variables)
 
-NESTED = """query Nested($first: Int!, $after: String) {
-  allPatients(first: $first, after: $after, orderBy: [{field: PATIENT_NAME}]) {
+NESTED = """query Nested($first: Int!, $after: String, $order: PatientOrderField!) {
+  allPatients(first: $first, after: $after, orderBy: [{field: $order}]) {
     totalCount
     pageInfo { hasNextPage endCursor }
     nodes {
@@ -243,7 +246,7 @@ Builder = Callable[[Samples, ClientState], tuple[str, dict[str, Any]]]
 
 def mix() -> list[tuple[str, int, Builder]]:
     def nested(s: Samples, c: ClientState) -> tuple[str, dict[str, Any]]:
-        return NESTED, {"first": c.rng.choice((5, 10, 20)), "after": None}
+        return NESTED, {"first": c.rng.choice((5, 10, 20)), "after": None, "order": s.patient_order}
 
     def patient(s: Samples, c: ClientState) -> tuple[str, dict[str, Any]]:
         return PATIENT, {"id": c.rng.choice(s.patient_ids)}
@@ -493,7 +496,9 @@ def main(argv: list[str] | None = None) -> int:
         default=10.0,
         help="seconds of one client alone before the load (default: %(default)s)",
     )
-    parser.add_argument("--access", default="full", help="access level of the load's token (default: %(default)s)")
+    parser.add_argument(
+        "--access", default="full", choices=["full", "deidentified"], help="the load's token (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out" / "load")
     parser.add_argument("--fresh", action="store_true", help="ingest the base corpus again even if kept")
@@ -532,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"load_test: batch ingested without load in {quiet_seconds:.1f} s: {proc.stdout.strip()}", flush=True)
 
-    samples_ = samples(base_db, random.Random(args.seed))
+    samples_ = samples(base_db, random.Random(args.seed), args.access)
     token = secrets.token_urlsafe(24)
     print(
         f"load_test: {args.clients} clients for {args.duration:.0f} s on 127.0.0.1, dicom-ingest of the batch "
