@@ -54,7 +54,9 @@ def refused(api: Api, query: str, code: str, message: str, **variables: Any) -> 
     before = api.statements
     started = time.perf_counter()
     body = api.post(query, variables)
-    assert time.perf_counter() - started < 1.0
+    # Not a speed test (bench/ measures speed): a guard against checks that walk a document exponentially,
+    # loose enough for a loaded 2-core CI machine.
+    assert time.perf_counter() - started < 10
     assert api.statements == before, "a refused query ran SQL"
     assert body["data"] is None, body
     [error] = body["errors"]
@@ -305,7 +307,7 @@ def test_fragment_bombs_are_measured_in_linear_time(synthetic: Api) -> None:
     body = synthetic.post(query)
     assert synthetic.statements == before and body["data"] is None
     assert {e["extensions"]["code"] for e in body["errors"]} == {"DEPTH_LIMIT_EXCEEDED", "ALIAS_LIMIT_EXCEEDED"}
-    assert time.perf_counter() - started < 2
+    assert time.perf_counter() - started < 10  # 2^40 expansions would never finish: linear, not a speed test
 
 
 # The time limit.
