@@ -15,8 +15,9 @@ prints the package's path and a digest of its files).
 
 Three queries (parameters are picked from the smallest database given, so that they exist in all of them):
 
-  tree       one patient, its studies, their series and exactly 1,000 slices with 10 fields each (the first
-             patient, with the largest per-series `first`, whose slices add up to exactly 1,000);
+  tree       one patient, its studies, their series and exactly 1,000 slices with 10 fields each (the patient
+             and per-series `first` whose slices add up to exactly 1,000; `first: 10` on studies and series,
+             which holds all of them, as the API's node limit wants a `first` at every level);
   selective  `allSlices` of one series (the largest) with sliceLocation in a narrow range (50 slices),
              totalCount and the nodes with 10 fields: an index seek (idx_slice_series), whatever the table size;
   facets     series per modality over the series of studies since a date, and studies per year over the
@@ -65,6 +66,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -108,9 +110,9 @@ SLICE_SELECT = ", ".join(f'"{c}"' for _, c in SLICE_COLUMNS)
 TREE = f"""query Tree($patientId: String!, $perSeries: Int!) {{
   patient(patientId: $patientId) {{
     patientId patientName patientSex patientBirthDate
-    studies {{ nodes {{
+    studies(first: 10) {{ nodes {{
       studyInstanceUid studyDate studyDescription
-      series {{ nodes {{
+      series(first: 10) {{ nodes {{
         seriesInstanceUid modality seriesDescription sliceThickness
         slices(first: $perSeries) {{ nodes {{ {SLICE_FIELDS_GQL} }} }}
       }} }}
@@ -379,7 +381,11 @@ class Target:
         return context
 
     async def execute(self, case: Case, context: Context) -> str:
-        result = await self.schema.execute(case.query, variable_values=case.variables, context_value=context)
+        """Execute as the app's view does (`GraphQLApp.execute_operation`): in one database session per request
+        (one connection and read transaction, taken at the first statement) and under the time limit, where the
+        API has them."""
+        async with _session(self.db), asyncio.timeout(getattr(self.settings, "timeout", None)):
+            result = await self.schema.execute(case.query, variable_values=case.variables, context_value=context)
         if result.errors:
             raise RuntimeError(f"{case.name}: {result.errors}")
         return json.dumps({"data": result.data})
@@ -409,6 +415,11 @@ class Target:
             return list(await connection.execute_fetchall(sql, params))
 
         return json.dumps({"data": await case.floor(fetch, case.variables)})
+
+
+def _session(db: Database) -> AbstractAsyncContextManager[Any]:
+    request = getattr(db, "request", None)  # api.db.Database.request, since the API has one
+    return request() if request is not None else nullcontext()
 
 
 @dataclass
