@@ -14,8 +14,11 @@ from typing import Any
 
 import pydicom
 import pydicom.config
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
@@ -108,6 +111,9 @@ DATE_KEYWORDS = {"PatientBirthDate", "LastMenstrualDate", "StudyDate", "SeriesDa
 TIME_KEYWORDS = {"StudyTime", "AcquisitionTime"}
 
 EXTRA_KEYWORDS = ("SpecificCharacterSet", "PixelRepresentation", "DirectoryRecordSequence")
+VALUE_KEYWORDS: list[str] = sorted(
+    {*PATIENT_COLUMNS.values(), *STUDY_COLUMNS.values(), *SERIES_COLUMNS.values(), *SLICE_COLUMNS.values()}
+)
 KEYWORDS: list[str] = sorted(
     {
         *PATIENT_COLUMNS.values(),
@@ -162,7 +168,7 @@ def _read(path: str) -> Dataset:
     if os.path.getsize(path) == 0:
         raise _NotDicom("empty file")
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=KEYWORDS)
+        return _dcmread(path)
     except InvalidDicomError:
         # A file without the 128-byte preamble and "DICM" may still be DICOM (old ACR-NEMA style or a raw
         # dataset): read it only when it starts like a dataset (an element of group 0002 or 0008), so that
@@ -170,14 +176,32 @@ def _read(path: str) -> Dataset:
         with open(path, "rb") as fh:
             head = fh.read(4)
         if head[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"):
-            return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=KEYWORDS, force=True)
+            return _dcmread(path, force=True)
         raise _NotDicom("not a DICOM file (no DICM prefix, does not start with a DICOM element)") from None
 
 
+# Elements come in ascending tag order: past the last tag the tables need, the rest of the header (vendor
+# private groups, request sequences, overlays, pixel data) is not read at all. Lookups use the tags, not the
+# keywords: pydicom turns a keyword into a tag on every access, which cost more than the parse itself.
+TAG_OF: dict[str, int] = {kw: int(tag_for_keyword(kw)) for kw in KEYWORDS}  # type: ignore[arg-type]
+_TAGS = sorted(TAG_OF.values())
+_LAST_TAG = _TAGS[-1]
+
+
+def _past_last_tag(tag: int, vr: str | None, length: int) -> bool:
+    return int.__gt__(tag, _LAST_TAG)  # int's comparison: BaseTag's Python-level __gt__ is slow here
+
+
+def _dcmread(path: str, force: bool = False) -> Dataset:
+    with open(path, "rb") as fh:
+        return read_partial(fh, stop_when=_past_last_tag, specific_tags=_TAGS, force=force)
+
+
 def _to_result(path: str, ds: Dataset) -> FileResult:
-    if _text(ds, "SOPClassUID") == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
+    if _text(ds, "SOPClassUID") == MEDIA_STORAGE_DIRECTORY or TAG_OF["DirectoryRecordSequence"] in ds._dict:
         return FileResult(path, "not_dicom", "DICOMDIR (a media directory, not an image)")
-    values = {kw: _value(ds, kw) for kw in KEYWORDS if kw not in EXTRA_KEYWORDS}
+    charset = ds._character_set
+    values = {kw: _value(ds, kw, charset) for kw in VALUE_KEYWORDS}
     missing = [kw for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not values.get(kw)]
     if missing:
         return FileResult(path, "failed", "missing " + ", ".join(missing))
@@ -207,18 +231,18 @@ def representative_key(instance_number: str | None, sop_uid: str) -> str:
     return f"{rank}|{sop_uid}"
 
 
-def _value(ds: Dataset, keyword: str) -> str | None:
+def _value(ds: Dataset, keyword: str, charset: Any) -> str | None:
     """The element as DICOM text: multi-values joined with a backslash, names as Unicode, dates ISO."""
-    if keyword not in ds:
-        return None
-    elem = ds[keyword]
-    value = elem.value
+    value = _get(ds, keyword, charset)
     if value is None or value == "" or value == b"":
         return None
     if isinstance(value, bytes):
         # Ambiguous VRs (US or SS) read without the tag that resolves them arrive as raw bytes.
         if keyword == "PixelPaddingValue" and len(value) in (2, 4):
-            signed = ds.get("PixelRepresentation", 0) == 1
+            pixel_representation = (
+                ds[TAG_OF["PixelRepresentation"]].value if TAG_OF["PixelRepresentation"] in ds._dict else 0
+            )
+            signed = pixel_representation == 1
             return str(int.from_bytes(value, "big" if not ds.is_little_endian else "little", signed=signed))
         return value.decode("latin-1").strip("\x00 ") or None
     if keyword in DATE_KEYWORDS:
@@ -286,8 +310,20 @@ def _as_int(text: str | None) -> int | None:
     return int(number) if number is not None and number.is_integer() else None
 
 
+def _get(ds: Dataset, keyword: str, charset: Any = None) -> Any:
+    """The element's value, None when absent. Converted straight from the raw element with the file's
+    character set: Dataset.__getitem__ looks the character set up again for every element and stores the
+    converted element back, which cost more than parsing the file."""
+    elem = ds._dict.get(TAG_OF[keyword])
+    if elem is None:
+        return None
+    if isinstance(elem, RawDataElement):
+        elem = convert_raw_data_element(elem, encoding=charset or ds._character_set, ds=ds)
+    return elem.value
+
+
 def _text(ds: Dataset, keyword: str) -> str | None:
-    value = ds.get(keyword)
+    value = _get(ds, keyword)
     return str(value) if value not in (None, "") else None
 
 

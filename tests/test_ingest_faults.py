@@ -53,10 +53,15 @@ def bad_tree(tmp_path: Path) -> Path:
     no_preamble = _valid("no-preamble")
     no_preamble.preamble = None
     pydicom.dcmwrite(root / "no_preamble.dcm", no_preamble, enforce_file_format=False)
-    # Sequences nested 5,000 deep: pydicom recurses past Python's limit.
+    # Sequences nested 5,000 deep: pydicom recurses past Python's limit. The tag, ReferencedSeriesSequence
+    # (0008,1115), is one the reader must read through (it stops after the last tag it needs).
     _valid("deep").save_as(root / "deep.dcm", enforce_file_format=True)
     depth = 5000
     with open(root / "deep.dcm", "ab") as fh:
+        fh.write((_explicit_sq((0x0008, 0x1115)) + ITEM) * depth + (ITEM_END + SEQ_END) * depth)
+    # The same nesting after every tag the tables need is never read: that file is ingested.
+    _valid("deep-late").save_as(root / "deep_late.dcm", enforce_file_format=True)
+    with open(root / "deep_late.dcm", "ab") as fh:
         fh.write((_explicit_sq((0x0040, 0xA730)) + ITEM) * depth + (ITEM_END + SEQ_END) * depth)
     # A sequence whose item claims more bytes than the file has, before the UIDs.
     broken = struct.pack("<HH", 0x0008, 0x1115) + b"SQ\0\0" + struct.pack("<I", 4000)
@@ -93,9 +98,9 @@ def test_every_bad_file_is_listed_with_a_reason(bad_tree: Path, tmp_path: Path) 
     for name in ("dangling.dcm", "truncated.dcm", "deep.dcm", "broken_seq.dcm"):
         assert f"failed: {bad_tree / name}: {listed[name]['reason']}" in proc.stderr
     counts = summary(proc.stdout)
-    assert counts == {"found": 12, "ingested": 4, "unchanged": 0, "duplicates": 0, "not_dicom": 4, "failed": 4}
-    # The good series and the preamble-less file are in; nothing of the bad files is.
-    assert rows(db, 'SELECT COUNT(*) FROM "SliceMetadata"') == [(4,)]
+    assert counts == {"found": 13, "ingested": 5, "unchanged": 0, "duplicates": 0, "not_dicom": 4, "failed": 4}
+    # The good series, the preamble-less file and the late deep sequence are in; nothing of the bad files is.
+    assert rows(db, 'SELECT COUNT(*) FROM "SliceMetadata"') == [(5,)]
     assert rows(db, 'SELECT "SOPInstanceUID" FROM "SliceMetadata" WHERE "SOPInstanceUID" = ?', (uid("no-preamble"),))
     assert rows(db, "PRAGMA integrity_check") == [("ok",)]
     assert rows(db, "PRAGMA foreign_key_check") == []
@@ -106,7 +111,7 @@ def test_failed_files_are_retried_on_the_next_run(bad_tree: Path, tmp_path: Path
     run_ingest(bad_tree, "--db", f"sqlite:///{db}", check=1)
     again = run_ingest(bad_tree, "--db", f"sqlite:///{db}", check=1)
     counts = summary(again.stdout)
-    assert (counts["unchanged"], counts["failed"], counts["not_dicom"]) == (4, 4, 4)
+    assert (counts["unchanged"], counts["failed"], counts["not_dicom"]) == (5, 4, 4)
     # Fix the broken file: the next run ingests it and exits 0 once nothing fails.
     _valid("truncated").save_as(bad_tree / "truncated.dcm", enforce_file_format=True)
     for name in ("dangling.dcm", "deep.dcm", "broken_seq.dcm"):
