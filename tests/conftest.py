@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pydicom
 import pytest
 
@@ -19,6 +22,8 @@ DICOMDIR_TESTS = TEST_FILES / "dicomdirtests"
 CHARSET_FILES = PYDICOM_DATA / "charset_files"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dcm_qa_nih" / "In"
 BIN = Path(sys.executable).parent
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+PG_ADMIN_DB = "test"  # the machine's PostgreSQL: trust auth, user postgres, database test
 
 
 def ingest_command() -> list[str]:
@@ -59,3 +64,25 @@ def dicomdir_copy(tmp_path: Path) -> Path:
     dest = tmp_path / "dicomdirtests"
     shutil.copytree(DICOMDIR_TESTS, dest)
     return dest
+
+
+async def _pg_admin(*statements: str) -> None:
+    connection = await asyncpg.connect(f"{PG_SERVER}/{PG_ADMIN_DB}", timeout=5)
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(name: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database for a test (its URL), dropped afterwards; skips when no server answers."""
+    try:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"'))
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"no usable PostgreSQL server at {PG_SERVER}/{PG_ADMIN_DB} (user postgres, trust auth): {exc}")
+    try:
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -36,7 +36,6 @@ cannot hold it ('Unexpected error.'); the API now refuses such an argument as ba
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import json
 import os
@@ -47,10 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import graphql
 import pytest
-from conftest import DICOMDIR_TESTS, run_ingest
+from conftest import DICOMDIR_TESTS, fresh_postgres_database, run_ingest
 from dicom_factory import write_series
 
 schemathesis = pytest.importorskip("schemathesis")  # the `dev` extra installs it
@@ -73,8 +71,6 @@ MIN_QUERIES = 1000
 # The PostgreSQL run (skipped without a server at 127.0.0.1:5432) is shorter: 400 queries.
 PG_POSITIVE_EXAMPLES = 40
 PG_NEGATIVE_EXAMPLES = 10
-PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
-PG_ADMIN_DB = "test"
 # The run as a de-identified client (skipped while the API has no authentication): 400 queries.
 DEID_POSITIVE_EXAMPLES = 40
 DEID_NEGATIVE_EXAMPLES = 10
@@ -284,26 +280,9 @@ def test_fuzz_whole_schema(fuzz_db: Path) -> None:
 @pytest.fixture(scope="module")
 def postgres_fuzz_url(fuzz_db: Path) -> Iterator[str]:
     """A PostgreSQL database of its own, filled from the same files as `fuzz_db`; skips when no server answers."""
-    name = f"dicom_api_fuzz_{os.getpid()}"
-    try:
-        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"'))
-    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"no usable PostgreSQL server at {PG_SERVER}/{PG_ADMIN_DB} (user postgres, trust auth): {exc}")
-    try:
-        root = fuzz_db.parent
-        run_ingest(DICOMDIR_TESTS, root / "written", "--db", f"{PG_SERVER}/{name}", "--jobs", "1", "--quiet", check=0)
-        yield f"{PG_SERVER}/{name}"
-    finally:
-        asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-async def _pg_admin(*statements: str) -> None:
-    connection = await asyncpg.connect(f"{PG_SERVER}/{PG_ADMIN_DB}", timeout=5)
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
+    with fresh_postgres_database(f"dicom_api_fuzz_{os.getpid()}") as url:
+        run_ingest(DICOMDIR_TESTS, fuzz_db.parent / "written", "--db", url, "--jobs", "1", "--quiet", check=0)
+        yield url
 
 
 def test_fuzz_whole_schema_on_postgres(postgres_fuzz_url: str, fuzz_db: Path) -> None:

@@ -3,44 +3,23 @@ they do on SQLite. Skipped, saying why, when no server answers at 127.0.0.1:5432
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from api_helpers import UID_ROOT, Api, serve
-from conftest import run_ingest
+from conftest import fresh_postgres_database, run_ingest
 
 pytest_plugins = ["api_fixtures"]
-
-SERVER = "postgresql://postgres@127.0.0.1:5432"
-ADMIN_DB = "test"
-
-
-async def _admin(*statements: str) -> None:
-    connection = await asyncpg.connect(f"{SERVER}/{ADMIN_DB}", timeout=5)
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
 
 
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """A database of its own for this run, dropped afterwards."""
-    name = f"dicom_api_test_{os.getpid()}"
-    try:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"'))
-    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"no usable PostgreSQL server at {SERVER}/{ADMIN_DB} (user postgres, trust auth): {exc}")
-    try:
-        yield f"{SERVER}/{name}"
-    finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_postgres_database(f"dicom_api_test_{os.getpid()}") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 import pytest
 from api_helpers import UID_ROOT, Api, TestClient, serve
-from conftest import dump_tables, run_ingest
+from conftest import PG_SERVER, dump_tables, fresh_postgres_database, run_ingest
 
 from api import db as api_db
 from api import limits
@@ -458,8 +458,6 @@ def test_a_request_sees_one_snapshot(scratch_db: Path) -> None:
 
 # PostgreSQL.
 
-PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
-
 
 async def _pg(sql: str, *args: Any, database: str = "test") -> list[Any]:
     connection = await asyncpg.connect(f"{PG_SERVER}/{database}", timeout=5)
@@ -471,18 +469,9 @@ async def _pg(sql: str, *args: Any, database: str = "test") -> list[Any]:
 
 @pytest.fixture(scope="module")
 def pg_url(synthetic_db: Path) -> Iterator[str]:
-    name = f"dicom_api_security_{os.getpid()}"
-    try:
-        asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}"'))
-        asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
-    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"no usable PostgreSQL server at {PG_SERVER}/test (user postgres, trust auth): {exc}")
-    try:
-        url = f"{PG_SERVER}/{name}"
+    with fresh_postgres_database(f"dicom_api_security_{os.getpid()}") as url:
         run_ingest(synthetic_db.parent / "files", "--db", url, "--jobs", "1", "--quiet", check=0)
         yield url
-    finally:
-        asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 KEY = b"a pseudonym key of the test suite"

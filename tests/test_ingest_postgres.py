@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -11,32 +10,16 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from conftest import DICOMDIR_TESTS, dump_tables, run_ingest
+from conftest import DICOMDIR_TESTS, dump_tables, fresh_postgres_database, run_ingest
 from dicom_factory import write_series
 from test_ingest import summary
-
-PG_ADMIN = os.environ.get("DICOM_DB_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN, timeout=3)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
-    name = f"dicomdb_test_{uuid.uuid4().hex[:12]}"
-    try:
-        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        pytest.skip(f"no PostgreSQL server reachable at {PG_ADMIN}: {exc}")
-    base = PG_ADMIN.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_postgres_database(f"dicomdb_test_{uuid.uuid4().hex[:12]}") as url:
+        yield url
 
 
 async def _pg_dump(url: str) -> dict[str, list[tuple]]:
