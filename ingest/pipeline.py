@@ -114,12 +114,7 @@ def _quiet_pydicom() -> None:
     logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
-@dataclass
-class Batch:
-    items: list[tuple[FoundFile, FileResult]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.items)
+Batch = list[tuple[FoundFile, FileResult]]
 
 
 class Ingest:
@@ -152,16 +147,17 @@ class Ingest:
             self.summary.add(outcome)
         self._index = await self.store.file_index()
         todo = [f for f in found if not self._skip(f)]
-        batch, last_flush, done = Batch(), time.monotonic(), 0
+        batch: Batch = []
+        last_flush, done = time.monotonic(), 0
         for item in self._parse(todo):
-            batch.items.append(item)
+            batch.append(item)
             done += 1
             self.progress(1)
             if self.stop_requested:
                 break
             if len(batch) >= self.batch_size or time.monotonic() - last_flush > self.batch_seconds:
                 await self._flush(batch)
-                batch, last_flush = Batch(), time.monotonic()
+                batch, last_flush = [], time.monotonic()
         await self._flush(batch)
         if self.stop_requested:
             self.summary.interrupted = True
@@ -195,9 +191,9 @@ class Ingest:
             pool.terminate()
 
     async def _flush(self, batch: Batch) -> None:
-        if not batch.items:
+        if not batch:
             return
-        dicom = [(f, r) for f, r in batch.items if r.status == "dicom"]
+        dicom = [(f, r) for f, r in batch if r.status == "dicom"]
         owners = await self.store.sop_owners([r.slice["SOPInstanceUID"] for _, r in dicom])
         patients: dict[str, dict[str, Any]] = {}
         studies: dict[str, dict[str, Any]] = {}
@@ -207,7 +203,7 @@ class Ingest:
         released: list[str] = []
         vanished: list[str] = []
         outcomes: list[Outcome] = []
-        for f, r in batch.items:
+        for f, r in batch:
             sop = r.slice.get("SOPInstanceUID") if r.status == "dicom" else None
             status, reason = {"dicom": INGESTED}.get(r.status, r.status), r.reason
             if sop is not None:

@@ -114,15 +114,7 @@ EXTRA_KEYWORDS = ("SpecificCharacterSet", "PixelRepresentation", "DirectoryRecor
 VALUE_KEYWORDS: list[str] = sorted(
     {*PATIENT_COLUMNS.values(), *STUDY_COLUMNS.values(), *SERIES_COLUMNS.values(), *SLICE_COLUMNS.values()}
 )
-KEYWORDS: list[str] = sorted(
-    {
-        *PATIENT_COLUMNS.values(),
-        *STUDY_COLUMNS.values(),
-        *SERIES_COLUMNS.values(),
-        *SLICE_COLUMNS.values(),
-        *EXTRA_KEYWORDS,
-    }
-)
+KEYWORDS: list[str] = sorted({*VALUE_KEYWORDS, *EXTRA_KEYWORDS})
 
 
 @dataclass(slots=True)
@@ -198,10 +190,10 @@ def _dcmread(path: str, force: bool = False) -> Dataset:
 
 
 def _to_result(path: str, ds: Dataset) -> FileResult:
-    if _text(ds, "SOPClassUID") == MEDIA_STORAGE_DIRECTORY or TAG_OF["DirectoryRecordSequence"] in ds._dict:
-        return FileResult(path, "not_dicom", "DICOMDIR (a media directory, not an image)")
     charset = ds._character_set
     values = {kw: _value(ds, kw, charset) for kw in VALUE_KEYWORDS}
+    if values["SOPClassUID"] == MEDIA_STORAGE_DIRECTORY or TAG_OF["DirectoryRecordSequence"] in ds._dict:
+        return FileResult(path, "not_dicom", "DICOMDIR (a media directory, not an image)")
     missing = [kw for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not values.get(kw)]
     if missing:
         return FileResult(path, "failed", "missing " + ", ".join(missing))
@@ -320,11 +312,6 @@ def _get(ds: Dataset, keyword: str, charset: Any = None) -> Any:
     if isinstance(elem, RawDataElement):
         elem = convert_raw_data_element(elem, encoding=charset or ds._character_set, ds=ds)
     return elem.value
-
-
-def _text(ds: Dataset, keyword: str) -> str | None:
-    value = _get(ds, keyword)
-    return str(value) if value not in (None, "") else None
 
 
 def _one_line(exc: BaseException) -> str:
