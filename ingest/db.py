@@ -1,21 +1,23 @@
 """The ingest side of the database: schema creation, the file index and batched upserts.
 
-All SQL the ingest runs lives here. Connections go through `databases` (SQLite via aiosqlite, PostgreSQL via
-asyncpg); bulk writes use the driver's own `executemany` on the same connection, one round trip per
-statement and batch instead of one per row.
+All SQL the ingest runs lives here. The one writer connection talks to the driver itself, synchronously:
+the standard library's sqlite3 for SQLite, asyncpg (imported only then) on a private event loop for PostgreSQL.
+Bulk writes are the driver's `executemany`, one round trip per statement and batch; reads come back as plain
+tuples. The API reads through `databases` and aiosqlite; the ingest does not: it is one writer that waits for
+every statement anyway, and importing SQLAlchemy and asyncio took longer than a whole re-run over an
+unchanged tree of 10,000 files.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from databases import Database, DatabaseURL
+from typing import Any, NamedTuple
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
 
@@ -31,8 +33,7 @@ class DatabaseError(Exception):
     """The database URL is unusable or the database cannot be opened or written."""
 
 
-@dataclass(frozen=True, slots=True)
-class IndexedFile:
+class IndexedFile(NamedTuple):  # a tuple: the index of a large tree is read whole on every run
     size: int
     mtime_ns: int
     status: str
@@ -159,95 +160,157 @@ DELETE_EMPTY_PATIENTS = (
 )
 
 
-def normalise_url(url: str) -> str:
-    """Check the scheme; relative SQLite paths stay relative to the working directory."""
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a database URL points: the dialect and what its driver connects to."""
+
+    dialect: str  # "sqlite" | "postgresql"
+    address: str  # SQLite: the file name (with URI options); PostgreSQL: the DSN for asyncpg
+
+
+def parse_url(url: str) -> Target:
+    """Check a database URL; relative SQLite paths stay relative to the working directory."""
     try:
-        parsed = DatabaseURL(url)
-        scheme = parsed.scheme
-    except Exception as exc:
+        parts = urlsplit(url)
+        scheme = parts.scheme.split("+")[0]
+    except ValueError as exc:
         raise DatabaseError(f"bad database URL {url!r}: {exc}") from None
-    if scheme.startswith("sqlite"):
-        if not parsed.database:
+    if scheme == "sqlite":
+        # sqlite:///relative.db and sqlite:////absolute.db, as SQLAlchemy and `databases` read them
+        name = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
+        if not name:
             raise DatabaseError(f"bad database URL {url!r}: no file name (use sqlite:///path/to/file.db)")
-        return url
-    if scheme.split("+")[0] in ("postgresql", "postgres"):
-        return url
+        return Target("sqlite", name + (f"?{parts.query}" if parts.query else ""))
+    if scheme in ("postgresql", "postgres"):
+        return Target("postgresql", urlunsplit(("postgresql", *parts[1:])))
     raise DatabaseError(f"unsupported database URL {url!r}: use sqlite:///FILE or postgresql://HOST/DB")
+
+
+def normalise_url(url: str) -> str:
+    """The URL, once checked (see `parse_url`)."""
+    parse_url(url)
+    return url
+
+
+class _SQLite:
+    """The standard library's sqlite3, in autocommit mode: transactions are write_batch's BEGIN/COMMIT."""
+
+    placeholder = "?"
+
+    def __init__(self, address: str) -> None:
+        self._conn = sqlite3.connect(address, isolation_level=None, uri=address.startswith("file:"))
+        for pragma in SQLITE_PRAGMAS:
+            self._conn.execute(pragma)
+
+    def execute(self, sql: str) -> None:
+        self._conn.execute(sql)
+
+    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._conn.execute(sql, params).fetchall()
+
+    def executemany(self, sql: str, rows: list[dict[str, Any]]) -> None:
+        self._conn.executemany(sql, rows)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class _PostgreSQL:
+    """asyncpg (the API's PostgreSQL driver too), driven from this synchronous writer by a private loop."""
+
+    placeholder = "$"
+
+    def __init__(self, dsn: str) -> None:
+        import asyncio
+
+        import asyncpg
+
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._conn = self._loop.run_until_complete(asyncpg.connect(dsn))
+        except BaseException:
+            self._loop.close()
+            raise
+
+    def execute(self, sql: str) -> None:
+        self._loop.run_until_complete(self._conn.execute(sql))
+
+    def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self._loop.run_until_complete(self._conn.fetch(sql, *params))]
+
+    def executemany(self, sql: str, rows: list[dict[str, Any]]) -> None:
+        positional, order = _to_positional(sql)
+        args = [tuple(r[name] for name in order) for r in rows]
+        self._loop.run_until_complete(self._conn.executemany(positional, args))
+
+    def close(self) -> None:
+        try:
+            self._loop.run_until_complete(self._conn.close())
+        finally:
+            self._loop.close()
 
 
 class Store:
     """One writer connection to the database."""
 
     def __init__(self, url: str) -> None:
-        self.url = normalise_url(url)
-        self.dialect = "sqlite" if DatabaseURL(self.url).scheme.startswith("sqlite") else "postgresql"
-        self._database = Database(self.url)
-        self._conn: Any = None
-        self._raw: Any = None
+        self.url = url
+        target = parse_url(url)
+        self.dialect = target.dialect
+        self._address = target.address
+        self._db: _SQLite | _PostgreSQL | None = None
 
-    async def open(self) -> None:
+    def open(self) -> None:
         try:
-            await self._database.connect()
-            self._conn = self._database.connection()
-            await self._conn.__aenter__()
-            self._raw = self._conn.raw_connection
-            if self.dialect == "sqlite":
-                for pragma in SQLITE_PRAGMAS:
-                    await self._conn.execute(pragma)
-            await self._create_schema()
+            self._db = _SQLite(self._address) if self.dialect == "sqlite" else _PostgreSQL(self._address)
+            for statement in schema_statements(self.dialect):
+                self._db.execute(statement)
         except Exception as exc:
-            await self.close()
-            # After a failed connect aiosqlite queues its thread's stop without awaiting it; give the thread a
-            # moment to finish, or it reports "Event loop is closed" on stderr once asyncio.run() returns.
-            await asyncio.sleep(0.1)
-            if isinstance(exc, DatabaseError):
-                raise
+            self.close()
             raise DatabaseError(f"cannot open database {self.url}: {_describe(exc)}") from exc
 
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        raw, self._raw = self._raw, None
-        steps = [conn.__aexit__(None, None, None)] if conn is not None else []
-        if raw is not None and self.dialect == "sqlite":
-            # After a failed transaction (disk full) `databases` may keep the connection counted as in use and
-            # never release it; closing aiosqlite's connection stops its thread, which would block exit.
-            steps.append(raw.close())
-        steps.append(self._database.disconnect())
-        for step in steps:
-            try:
-                await step
-            except Exception:  # closing after a failure: the failure is what gets reported
-                logging.getLogger(__name__).debug("error while closing %s", self.url, exc_info=True)
+    def close(self) -> None:
+        db, self._db = self._db, None
+        if db is None:
+            return
+        try:
+            db.close()
+        except Exception:  # closing after a failure: the failure is what gets reported
+            logging.getLogger(__name__).debug("error while closing %s", self.url, exc_info=True)
 
-    async def _create_schema(self) -> None:
-        for statement in schema_statements(self.dialect):
-            await self._conn.execute(statement)
+    @property
+    def db(self) -> _SQLite | _PostgreSQL:
+        if self._db is None:
+            raise DatabaseError(f"{self.url} is not open")
+        return self._db
 
-    async def file_index(self) -> dict[str, IndexedFile]:
-        rows = await self._conn.fetch_all(SELECT_FILE_INDEX)
-        return {r[0]: IndexedFile(r[1], r[2], r[3], r[4]) for r in rows}
+    def file_index(self) -> dict[str, IndexedFile]:
+        return {r[0]: IndexedFile(r[1], r[2], r[3], r[4]) for r in self.db.fetch(SELECT_FILE_INDEX)}
 
-    async def sop_owners(self, sops: Sequence[str]) -> dict[str, str]:
+    def sop_owners(self, sops: Sequence[str]) -> dict[str, str]:
         """SOPInstanceUID -> path of the file already ingested for it, for the given UIDs."""
-        return {sop: path for sop, path in await self._fetch_in(SELECT_SOP_OWNERS, sops)}
+        return {sop: path for sop, path in self._fetch_in(SELECT_SOP_OWNERS, sops)}
 
-    async def duplicate_holders(self, sops: Sequence[str]) -> dict[str, list[str]]:
+    def duplicate_holders(self, sops: Sequence[str]) -> dict[str, list[str]]:
         """SOPInstanceUID -> paths of the files recorded as duplicates of it, sorted."""
         holders: dict[str, list[str]] = {}
-        for sop, path in await self._fetch_in(SELECT_DUPLICATE_HOLDERS, sops):
+        for sop, path in self._fetch_in(SELECT_DUPLICATE_HOLDERS, sops):
             holders.setdefault(sop, []).append(path)
         return holders
 
-    async def _fetch_in(self, template: str, keys: Sequence[str]) -> list[tuple[Any, ...]]:
+    def _fetch_in(self, template: str, keys: Sequence[str]) -> list[tuple[Any, ...]]:
         """Run a `... IN ({keys})` query over `keys`, 500 bound parameters at a time."""
         out: list[tuple[Any, ...]] = []
         for start in range(0, len(keys), 500):
-            params = {f"k{i}": key for i, key in enumerate(keys[start : start + 500])}
-            sql = template.format(keys=", ".join(f":{k}" for k in params))
-            out.extend(tuple(row.values()) for row in await self._conn.fetch_all(sql, params))
+            chunk = keys[start : start + 500]
+            if self.db.placeholder == "?":
+                marks = ", ".join("?" * len(chunk))
+            else:
+                marks = ", ".join(f"${i + 1}" for i in range(len(chunk)))
+            out.extend(self.db.fetch(template.format(keys=marks), chunk))
         return out
 
-    async def write_batch(
+    def write_batch(
         self,
         patients: Iterable[dict[str, Any]],
         studies: Iterable[dict[str, Any]],
@@ -259,34 +322,42 @@ class Store:
         promoted_paths: Sequence[str] = (),
     ) -> None:
         """Write one batch in one transaction: all of it lands, or none of it."""
+        db = self.db
         try:
-            async with self._conn.transaction():
-                await self._bulk(UPSERT_PATIENT, PATIENT_FIELDS, patients)
-                await self._bulk(UPSERT_STUDY, STUDY_FIELDS, studies)
-                await self._bulk(UPSERT_SERIES, SERIES_FIELDS, series)
-                await self._bulk(UPSERT_SLICE, SLICE_FIELDS, slices)
-                await self._bulk(DELETE_SOURCE, ("path",), ({"path": p} for p in vanished_paths))
-                await self._bulk(UPSERT_SOURCE, SOURCE_FIELDS, sources)
+            # SQLite: IMMEDIATE takes the write lock now, not halfway through the batch.
+            db.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+            try:
+                self._bulk(UPSERT_PATIENT, patients)
+                self._bulk(UPSERT_STUDY, studies)
+                self._bulk(UPSERT_SERIES, series)
+                self._bulk(UPSERT_SLICE, slices)
+                self._bulk(DELETE_SOURCE, ({"path": p} for p in vanished_paths))
+                self._bulk(UPSERT_SOURCE, sources)
                 if released_sops:
                     # A changed file now holds another instance (or none): a duplicate file of that instance
                     # takes over if there is one, else the instance goes, then any series, study or patient
                     # left empty.
-                    await self._bulk(PROMOTE_DUPLICATE, ("path",), ({"path": p} for p in promoted_paths))
-                    await self._bulk(DELETE_ORPHAN_SLICE, ("sop",), ({"sop": s} for s in released_sops))
+                    self._bulk(PROMOTE_DUPLICATE, ({"path": p} for p in promoted_paths))
+                    self._bulk(DELETE_ORPHAN_SLICE, ({"sop": s} for s in released_sops))
                     for statement in (DELETE_EMPTY_SERIES, DELETE_EMPTY_STUDIES, DELETE_EMPTY_PATIENTS):
-                        await self._conn.execute(statement)
+                        db.execute(statement)
+            except BaseException:
+                self._rollback()
+                raise
+            db.execute("COMMIT")
         except Exception as exc:
             raise DatabaseError(f"cannot write to {self.url}: {_describe(exc)}") from exc
 
-    async def _bulk(self, sql: str, fields: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
+    def _rollback(self) -> None:
+        try:
+            self.db.execute("ROLLBACK")
+        except Exception:  # SQLite may have rolled back already (disk full): the write error is what counts
+            logging.getLogger(__name__).debug("rollback after a failed write", exc_info=True)
+
+    def _bulk(self, sql: str, rows: Iterable[dict[str, Any]]) -> None:
         rows = list(rows)
-        if not rows:
-            return
-        if self.dialect == "sqlite":
-            await self._raw.executemany(sql, rows)
-        else:
-            positional, order = _to_positional(sql)
-            await self._raw.executemany(positional, [tuple(r[name] for name in order) for r in rows])
+        if rows:
+            self.db.executemany(sql, rows)
 
 
 def schema_statements(dialect: str) -> list[str]:

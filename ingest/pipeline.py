@@ -15,10 +15,12 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ingest.db import IndexedFile, Store
-from ingest.reader import FileResult, read_file
+
+if TYPE_CHECKING:
+    from ingest.reader import FileResult
 
 # Statuses a file can end a run with; the summary counts one per file found.
 INGESTED, UNCHANGED, DUPLICATE, NOT_DICOM, FAILED, NOT_REACHED = (
@@ -32,8 +34,7 @@ INGESTED, UNCHANGED, DUPLICATE, NOT_DICOM, FAILED, NOT_REACHED = (
 SKIPPABLE = {INGESTED, DUPLICATE, NOT_DICOM}  # a failed file is tried again on every run
 
 
-@dataclass(frozen=True, slots=True)
-class FoundFile:
+class FoundFile(NamedTuple):  # a tuple: a walk makes one per file, and a re-run does little else
     path: str
     size: int
     mtime_ns: int
@@ -70,6 +71,27 @@ def walk(paths: Iterable[str]) -> tuple[list[FoundFile], list[Outcome]]:
     found: list[FoundFile] = []
     bad: list[Outcome] = []
 
+    def visit_dir(path: str) -> None:
+        try:
+            with os.scandir(path) as entries:
+                listed = list(entries)
+        except OSError as exc:
+            bad.append(Outcome(path, FAILED, f"cannot list directory: {exc.strerror}"))
+            return
+        for entry in listed:
+            try:
+                # The directory entry's type needs no system call; only files and links are stat'ed.
+                if entry.is_dir(follow_symlinks=False):
+                    visit_dir(entry.path)
+                    continue
+                if entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    found.append(FoundFile(entry.path, st.st_size, st.st_mtime_ns))
+                    continue
+            except OSError:
+                pass  # vanished or unreadable entry: visit() says which
+            visit(entry.path)
+
     def visit(path: str) -> None:
         try:
             st = os.stat(path)
@@ -83,15 +105,8 @@ def walk(paths: Iterable[str]) -> tuple[list[FoundFile], list[Outcome]]:
             bad.append(Outcome(path, FAILED, f"cannot stat: {exc.strerror}"))
             return
         if stat.S_ISDIR(st.st_mode):
-            if os.path.islink(path):
-                return
-            try:
-                names = sorted(os.listdir(path))
-            except OSError as exc:
-                bad.append(Outcome(path, FAILED, f"cannot list directory: {exc.strerror}"))
-                return
-            for name in names:
-                visit(os.path.join(path, name))
+            if not os.path.islink(path):
+                visit_dir(path)
         elif stat.S_ISREG(st.st_mode):
             found.append(FoundFile(path, st.st_size, st.st_mtime_ns))
         else:
@@ -99,7 +114,8 @@ def walk(paths: Iterable[str]) -> tuple[list[FoundFile], list[Outcome]]:
 
     for root in paths:
         visit(os.path.abspath(root))
-    found.sort(key=lambda f: f.path)
+    found.sort()  # by path: paths are unique, so the other fields never decide
+    bad.sort(key=lambda o: o.path)
     return found, bad
 
 
@@ -114,7 +130,7 @@ def _quiet_pydicom() -> None:
     logging.getLogger("pydicom").setLevel(logging.ERROR)
 
 
-Batch = list[tuple[FoundFile, FileResult]]
+Batch = list[tuple[FoundFile, "FileResult"]]
 
 
 class Ingest:
@@ -140,13 +156,13 @@ class Ingest:
     def request_stop(self) -> None:
         self.stop_requested = True
 
-    async def run(self, found: list[FoundFile], bad: list[Outcome]) -> Summary:
+    def run(self, found: list[FoundFile], bad: list[Outcome]) -> Summary:
         start = time.perf_counter()
         self.summary.found = len(found) + len(bad)
         for outcome in bad:
             self.summary.add(outcome)
-        self._index = await self.store.file_index()
-        todo = [f for f in found if not self._skip(f)]
+        self._index = self.store.file_index()
+        todo = self._changed(found)
         batch: Batch = []
         last_flush, done = time.monotonic(), 0
         for item in self._parse(todo):
@@ -156,29 +172,39 @@ class Ingest:
             if self.stop_requested:
                 break
             if len(batch) >= self.batch_size or time.monotonic() - last_flush > self.batch_seconds:
-                await self._flush(batch)
+                self._flush(batch)
                 batch, last_flush = [], time.monotonic()
-        await self._flush(batch)
+        self._flush(batch)
         if self.stop_requested:
             self.summary.interrupted = True
             self.summary.counts[NOT_REACHED] += len(todo) - done
         self.summary.seconds = time.perf_counter() - start
         return self.summary
 
-    def _skip(self, f: FoundFile) -> bool:
-        known = self._index.get(f.path)
-        if known and known.size == f.size and known.mtime_ns == f.mtime_ns and known.status in SKIPPABLE:
-            if known.status == NOT_DICOM:
-                self.summary.add(Outcome(f.path, NOT_DICOM, "unchanged since it was found not to be DICOM"))
+    def _changed(self, found: list[FoundFile]) -> list[FoundFile]:
+        """The files to parse: new, changed (size or mtime), or failed last time; the rest are counted."""
+        todo: list[FoundFile] = []
+        unchanged = 0
+        for f in found:
+            known = self._index.get(f.path)
+            if known and known.size == f.size and known.mtime_ns == f.mtime_ns and known.status in SKIPPABLE:
+                if known.status == NOT_DICOM:
+                    self.summary.add(Outcome(f.path, NOT_DICOM, "unchanged since it was found not to be DICOM"))
+                else:
+                    unchanged += 1
             else:
-                self.summary.add(Outcome(f.path, UNCHANGED))
-            self.progress(1)
-            return True
-        return False
+                todo.append(f)
+        self.summary.counts[UNCHANGED] += unchanged
+        self.progress(len(found) - len(todo))
+        return todo
 
     def _parse(self, todo: list[FoundFile]) -> Iterator[tuple[FoundFile, FileResult]]:
         if not todo:
             return
+        # Imported here, before the workers fork, and only when there is something to parse: pydicom's
+        # imports would be most of a re-run over an unchanged tree.
+        from ingest.reader import read_file
+
         if self.jobs == 1 or len(todo) < 4:
             _quiet_pydicom()
             for f in todo:
@@ -190,11 +216,11 @@ class Ingest:
             yield from zip(todo, pool.imap(read_file, (f.path for f in todo), chunksize=chunk), strict=True)
             pool.terminate()
 
-    async def _flush(self, batch: Batch) -> None:
+    def _flush(self, batch: Batch) -> None:
         if not batch:
             return
         dicom = [(f, r) for f, r in batch if r.status == "dicom"]
-        owners = await self.store.sop_owners([r.slice["SOPInstanceUID"] for _, r in dicom])
+        owners = self.store.sop_owners([r.slice["SOPInstanceUID"] for _, r in dicom])
         patients: dict[str, dict[str, Any]] = {}
         studies: dict[str, dict[str, Any]] = {}
         series: dict[str, dict[str, Any]] = {}
@@ -245,11 +271,11 @@ class Ingest:
         promoted: list[str] = []
         if released:
             # A duplicate file takes over a released instance only if it is still on disk.
-            for paths in (await self.store.duplicate_holders(released)).values():
+            for paths in (self.store.duplicate_holders(released)).values():
                 existing = [p for p in paths if os.path.exists(p)]
                 vanished.extend(p for p in paths if p not in existing)
                 promoted.extend(existing[:1])
-        await self.store.write_batch(
+        self.store.write_batch(
             patients.values(), studies.values(), series.values(), slices, sources, released, vanished, promoted
         )
         # Count only once the batch is committed: an interrupted write counts nothing.
