@@ -6,15 +6,12 @@ interrupted and started again writes exactly what one uninterrupted run writes.
 
 from __future__ import annotations
 
-import logging
-import multiprocessing
 import os
 import signal
 import stat
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ingest.db import IndexedFile, Store
@@ -40,22 +37,19 @@ class FoundFile(NamedTuple):  # a tuple: a walk makes one per file, and a re-run
     mtime_ns: int
 
 
-@dataclass(slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     path: str
     status: str
     reason: str | None = None
 
 
-@dataclass
 class Summary:
-    found: int = 0
-    counts: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys((INGESTED, UNCHANGED, DUPLICATE, NOT_DICOM, FAILED, NOT_REACHED), 0)
-    )
-    problems: list[Outcome] = field(default_factory=list)  # failed and not-DICOM files, with reasons
-    seconds: float = 0.0
-    interrupted: bool = False
+    def __init__(self) -> None:
+        self.found = 0
+        self.counts: dict[str, int] = dict.fromkeys((INGESTED, UNCHANGED, DUPLICATE, NOT_DICOM, FAILED, NOT_REACHED), 0)
+        self.problems: list[Outcome] = []  # failed and not-DICOM files, with reasons
+        self.seconds = 0.0
+        self.interrupted = False
 
     def add(self, outcome: Outcome) -> None:
         self.counts[outcome.status] += 1
@@ -126,6 +120,8 @@ def _worker_init() -> None:
 
 
 def _quiet_pydicom() -> None:
+    import logging
+
     warnings.simplefilter("ignore")
     logging.getLogger("pydicom").setLevel(logging.ERROR)
 
@@ -201,8 +197,9 @@ class Ingest:
     def _parse(self, todo: list[FoundFile]) -> Iterator[tuple[FoundFile, FileResult]]:
         if not todo:
             return
-        # Imported here, before the workers fork, and only when there is something to parse: pydicom's
-        # imports would be most of a re-run over an unchanged tree.
+        # Imported here, before the workers fork, and only when there is something to parse (so are
+        # multiprocessing and logging): a re-run over an unchanged tree is mostly start-up, and pydicom's
+        # imports alone took longer than the rest of it.
         from ingest.reader import read_file
 
         if self.jobs == 1 or len(todo) < 4:
@@ -210,6 +207,8 @@ class Ingest:
             for f in todo:
                 yield f, read_file(f.path)
             return
+        import multiprocessing
+
         ctx = multiprocessing.get_context("fork")
         chunk = max(1, min(32, len(todo) // (self.jobs * 8)))
         with ctx.Pool(self.jobs, initializer=_worker_init) as pool:
