@@ -108,9 +108,8 @@ def walk(paths: Iterable[str]) -> tuple[list[FoundFile], list[Outcome]]:
 
     for root in paths:
         visit(os.path.abspath(root))
-    found.sort()  # by path: paths are unique, so the other fields never decide
-    bad.sort(key=lambda o: o.path)
-    return found, bad
+    # Overlapping arguments (a folder and a file or folder inside it) name some paths twice: count them once.
+    return sorted(set(found)), sorted(set(bad))
 
 
 def _worker_init() -> None:

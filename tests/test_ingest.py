@@ -223,6 +223,26 @@ def test_reingest_is_idempotent_and_incremental(tmp_path: Path) -> None:
     assert dump_tables(db) == before
 
 
+def test_overlapping_paths_and_links_count_each_file_once(tmp_path: Path) -> None:
+    tree = tmp_path / "in"
+    write_series(tree / "a", count=3)
+    write_series(tree / "b", count=2, series="series-2")
+    (tree / "link-to-a").symlink_to(tree / "a")  # a link to a folder: not followed
+    (tree / "b" / "link.dcm").symlink_to(tree / "a" / "slice0000.dcm")  # a link to a file: read, a duplicate
+    db = tmp_path / "o.db"
+    proc = run_ingest(tree, tree / "a", tree / "a" / "slice0001.dcm", "--db", f"sqlite:///{db}", check=0)
+    assert summary(proc.stdout) == {
+        "found": 6,
+        "ingested": 5,
+        "unchanged": 0,
+        "duplicates": 1,
+        "not_dicom": 0,
+        "failed": 0,
+    }
+    assert rows(db, 'SELECT COUNT(*) FROM "SliceMetadata"') == [(5,)]
+    assert rows(db, 'SELECT COUNT(*) FROM "SourceFile"') == [(6,)]
+
+
 def test_unchanged_files_are_not_parsed(tmp_path: Path) -> None:
     paths = write_series(tmp_path / "in", count=3)
     db = tmp_path / "u.db"
