@@ -106,10 +106,15 @@ def walk(paths: Iterable[str]) -> tuple[list[FoundFile], list[Outcome]]:
         else:
             bad.append(Outcome(path, NOT_DICOM, "not a regular file"))
 
-    for root in paths:
+    roots = list(paths)
+    for root in roots:
         visit(os.path.abspath(root))
-    # Overlapping arguments (a folder and a file or folder inside it) name some paths twice: count them once.
-    return sorted(set(found)), sorted(set(bad))
+    if len(roots) > 1:
+        # Overlapping arguments (a folder and a file or folder inside it) name some paths twice: count them once.
+        found, bad = list(set(found)), list(set(bad))
+    found.sort()  # by path (unique now, so the other fields never decide)
+    bad.sort()
+    return found, bad
 
 
 def _worker_init() -> None:

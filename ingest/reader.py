@@ -349,7 +349,11 @@ def _one_line(exc: BaseException) -> str:
 # text here: together about twice the cost of the element parsing itself. The fast path keeps pydicom's
 # element parser (`data_element_generator`, the loop at the heart of `dcmread`) and skips the rest.
 
-_PREFIX = 256 * 1024  # read at once; a header longer than this up to the last tag takes the reference path
+# Bytes read at once: most headers end (up to the last needed tag) within the first few KiB, and a network
+# file system pays for every byte read. A header that goes on is read again with up to _MAX_READ bytes; one
+# longer than that takes the reference path.
+_FIRST_READ = 64 * 1024
+_MAX_READ = 4 * 1024 * 1024
 _GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"  # (0002,0000) UL, length 4: the file meta group's length
 _TRANSFER_SYNTAX = 0x00020010
 _CHARSET = TAG_OF["SpecificCharacterSet"]
@@ -372,30 +376,12 @@ def _not_group_2(tag: int, vr: str | None, length: int) -> bool:
 def read_fast(path: str) -> FileResult | None:
     """`read_file` for the common file, or None when the file needs the reference path."""
     with open(path, "rb") as fh:
-        data = fh.read(_PREFIX)
-    if data[128:132] != b"DICM" or data[132:140] != _GROUP_LENGTH:
-        return None
-    meta_end = 144 + int.from_bytes(data[140:144], "little")
-    fp = BytesIO(data)
-    fp.seek(144)
-    meta = {int(e.tag): e for e in data_element_generator(fp, False, True, stop_when=_not_group_2)}
-    if fp.tell() != meta_end or _TRANSFER_SYNTAX not in meta:
-        return None
-    syntax = (meta[_TRANSFER_SYNTAX].value or b"").decode("latin-1").rstrip("\x00 ")
-    if syntax in _NOT_FAST:
-        return None
-    implicit = syntax == _IMPLICIT_LE
-    first = data[meta_end : meta_end + 6]
-    # A command set (group 0000) or a dataset whose first element contradicts the transfer syntax: pydicom
-    # has its own rules for both.
-    if len(first) < 6 or first[:2] == b"\x00\x00" or implicit == (0x40 < first[4] < 0x5B and 0x40 < first[5] < 0x5B):
-        return None
-    elements = {
-        int(e.tag): e for e in data_element_generator(fp, implicit, True, _past_last_tag, None, "iso8859", _TAGS)
-    }
-    if fp.tell() >= len(data) == _PREFIX:
-        return None  # the bytes read ended before the last tag: the header may go on
-    if TAG_OF["DirectoryRecordSequence"] in elements:
+        data = fh.read(_FIRST_READ)
+        elements = _header_elements(data, complete=len(data) < _FIRST_READ)
+        if elements is _GOES_ON:
+            data += fh.read(_MAX_READ - len(data))
+            elements = _header_elements(data, complete=len(data) < _MAX_READ)
+    if not isinstance(elements, dict) or TAG_OF["DirectoryRecordSequence"] in elements:
         return None
     encodings = _encodings(elements.get(_CHARSET))
     try:
@@ -406,6 +392,39 @@ def read_fast(path: str) -> FileResult | None:
         return None
     result = _rows(path, values)
     return result if result.status == "dicom" else None
+
+
+_GOES_ON = object()  # the bytes read end before the last needed tag, and the file goes on
+
+
+def _header_elements(data: bytes, complete: bool) -> dict[int, RawDataElement] | object | None:
+    """The needed elements of the header in `data` (`complete`: the whole file), _GOES_ON, or None when the
+    file is not one for the fast path."""
+    if data[128:132] != b"DICM" or data[132:140] != _GROUP_LENGTH:
+        return None
+    meta_end = 144 + int.from_bytes(data[140:144], "little")
+    fp = BytesIO(data)
+    fp.seek(144)
+    meta = {int(e.tag): e for e in data_element_generator(fp, False, True, stop_when=_not_group_2)}
+    if fp.tell() != meta_end or _TRANSFER_SYNTAX not in meta:
+        return None if complete or meta_end < len(data) else _GOES_ON
+    syntax = (meta[_TRANSFER_SYNTAX].value or b"").decode("latin-1").rstrip("\x00 ")
+    if syntax in _NOT_FAST:
+        return None
+    implicit = syntax == _IMPLICIT_LE
+    first = data[meta_end : meta_end + 6]
+    if len(first) < 6:
+        return None if complete else _GOES_ON
+    # A command set (group 0000) or a dataset whose first element contradicts the transfer syntax: pydicom
+    # has its own rules for both.
+    if first[:2] == b"\x00\x00" or implicit == (0x40 < first[4] < 0x5B and 0x40 < first[5] < 0x5B):
+        return None
+    elements = {
+        int(e.tag): e for e in data_element_generator(fp, implicit, True, _past_last_tag, None, "iso8859", _TAGS)
+    }
+    if fp.tell() >= len(data) and not complete:
+        return _GOES_ON  # the bytes read ended before the last needed tag
+    return elements
 
 
 def _encodings(elem: RawDataElement | None) -> list[str]:

@@ -159,8 +159,14 @@ CASES: dict[str, tuple[dict[int, tuple[str, Any]], str | None, bool, dict[str, A
     ),
     "explicit VR big endian": ({}, ExplicitVRBigEndian, False, {"series.Modality": "CT", "series.Rows": 4}),
     "deflated": ({}, DeflatedExplicitVRLittleEndian, False, {"series.Modality": "CT"}),
-    "a private element longer than the bytes read at once": (
+    "a private element longer than the first read": (
         {0x00191010: ("OB", b"\1" * 300_000)},
+        None,
+        True,
+        {"series.Modality": "CT"},
+    ),
+    "a private element longer than the longest read": (
+        {0x00191010: ("OB", b"\1" * 5_000_000)},
         None,
         False,
         {"series.Modality": "CT"},
