@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import DICOMDIR_TESTS, PYDICOM_DATA, SHARED_DATA
 from dicom_factory import make_dataset, uid
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -21,7 +22,6 @@ from pydicom.uid import (
 )
 
 from ingest.reader import FileResult, read_fast, read_file, read_reference
-from tests.conftest import DICOMDIR_TESTS, PYDICOM_DATA, SHARED_DATA
 
 
 def _all_files(*roots: Path) -> list[Path]:
