@@ -10,6 +10,7 @@ unchanged tree of 10,000 files.
 
 from __future__ import annotations
 
+import functools
 import re
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -195,12 +196,14 @@ def normalise_url(url: str) -> str:
 class _SQLite:
     """The standard library's sqlite3, in autocommit mode: transactions are write_batch's BEGIN/COMMIT."""
 
-    placeholder = "?"
-
     def __init__(self, address: str) -> None:
         self._conn = sqlite3.connect(address, isolation_level=None, uri=address.startswith("file:"))
         for pragma in SQLITE_PRAGMAS:
             self._conn.execute(pragma)
+
+    @staticmethod
+    def placeholders(count: int) -> str:
+        return ", ".join("?" * count)
 
     def execute(self, sql: str) -> None:
         self._conn.execute(sql)
@@ -218,8 +221,6 @@ class _SQLite:
 class _PostgreSQL:
     """asyncpg (the API's PostgreSQL driver too), driven from this synchronous writer by a private loop."""
 
-    placeholder = "$"
-
     def __init__(self, dsn: str) -> None:
         import asyncio
 
@@ -231,6 +232,10 @@ class _PostgreSQL:
         except BaseException:
             self._loop.close()
             raise
+
+    @staticmethod
+    def placeholders(count: int) -> str:
+        return ", ".join(f"${i + 1}" for i in range(count))
 
     def execute(self, sql: str) -> None:
         self._loop.run_until_complete(self._conn.execute(sql))
@@ -303,11 +308,7 @@ class Store:
         out: list[tuple[Any, ...]] = []
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
-            if self.db.placeholder == "?":
-                marks = ", ".join("?" * len(chunk))
-            else:
-                marks = ", ".join(f"${i + 1}" for i in range(len(chunk)))
-            out.extend(self.db.fetch(template.format(keys=marks), chunk))
+            out.extend(self.db.fetch(template.format(keys=self.db.placeholders(len(chunk))), chunk))
         return out
 
     def write_batch(
@@ -373,7 +374,8 @@ def schema_statements(dialect: str) -> list[str]:
 _NAMED = re.compile(r"(?<![:\w]):(\w+)")
 
 
-def _to_positional(sql: str) -> tuple[str, list[str]]:
+@functools.cache  # a handful of statements, converted once each instead of once per batch
+def _to_positional(sql: str) -> tuple[str, tuple[str, ...]]:
     """`:name` parameters to asyncpg's `$n`, reusing the number of a repeated name."""
     order: list[str] = []
 
@@ -383,7 +385,7 @@ def _to_positional(sql: str) -> tuple[str, list[str]]:
             order.append(name)
         return f"${order.index(name) + 1}"
 
-    return _NAMED.sub(number, sql), order
+    return _NAMED.sub(number, sql), tuple(order)
 
 
 def _log() -> logging.Logger:
