@@ -29,6 +29,10 @@ of every measurement (user + system of all its processes, from getrusage of the 
 CPU ratio bare/ingest, which the load of other processes on a shared machine barely moves. Databases go to a
 temporary folder (`--workdir`) and are deleted.
 
+`--cold` (root only) measures from disk instead: it drops the page cache (`sync; echo 3 >
+/proc/sys/vm/drop_caches`) before each of bare, bare script, reader only and ingest, and skips the warm-up read.
+The re-run follows its first run without a drop (the first run has just read the tree's metadata).
+
 `--ingest-src DIR` measures the `ingest` package found in DIR (a patched copy of the repository, say) instead
 of the installed one, for both (r) and (b)/(c): the way to measure a proposed change without touching the tree.
 """
@@ -281,6 +285,13 @@ def walk(corpus: str) -> list[str]:
     return sorted(files)
 
 
+def drop_caches() -> None:
+    """Empty the page cache (root only), so that the next measurement reads from disk."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as fh:
+        fh.write("3\n")
+
+
 def warm(files: Sequence[str]) -> int:
     """Read every file in full once, so that all measurements read from the page cache."""
     total = 0
@@ -294,15 +305,18 @@ def warm(files: Sequence[str]) -> int:
     return total
 
 
-def bench_corpus(corpus: str, jobs: int, rounds: int, reader: bool, workdir: Path, startup: float) -> Result:
+def bench_corpus(
+    corpus: str, jobs: int, rounds: int, reader: bool, workdir: Path, startup: float, cold: bool = False
+) -> Result:
     start = time.perf_counter()
     files = walk(corpus)
     walk_s = time.perf_counter() - start
     if not files:
         raise SystemExit(f"no files under {corpus}")
     start = time.perf_counter()
-    size = warm(files)
-    warm_s = time.perf_counter() - start
+    size = sum(os.path.getsize(f) for f in files) if cold else warm(files)
+    warm_s = 0.0 if cold else time.perf_counter() - start
+    fresh = drop_caches if cold else (lambda: None)
     result = Result(corpus, len(files), jobs, walk_s, warm_s, size, startup)
     db = workdir / "bench.db"
     for i in range(rounds):
@@ -310,16 +324,22 @@ def bench_corpus(corpus: str, jobs: int, rounds: int, reader: bool, workdir: Pat
         bare: tuple[float, float] | None = None
         reader_s = reader_cpu = None
         if bare_first:
+            fresh()
             bare = pool_loop(files, jobs, _bare, _quiet)
+            fresh()
             script_s = bare_script(corpus, jobs)
         remove_db(db)
+        fresh()
         ingest_s, result.summary_first, internal, ingest_cpu = run_ingest(corpus, db, jobs)
         rerun_s, result.summary_rerun, rerun_internal, rerun_cpu = run_ingest(corpus, db, jobs)
         remove_db(db)
         if not bare_first:
+            fresh()
             bare = pool_loop(files, jobs, _bare, _quiet)
+            fresh()
             script_s = bare_script(corpus, jobs)
         if reader:
+            fresh()
             reader_s, reader_cpu = pool_loop(files, jobs, _reader, _reader_init)
         assert bare is not None
         result.rounds.append(
@@ -447,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     parser.add_argument("--rounds", type=int, default=3, help="measurement rounds (default: %(default)s)")
     parser.add_argument("--no-reader", action="store_true", help="skip the reader-only diagnostic loop")
+    parser.add_argument("--cold", action="store_true", help="drop the page cache before each measurement (root)")
     parser.add_argument("--workdir", help="folder for the temporary databases (default: a new temporary folder)")
     parser.add_argument("--json", metavar="FILE", help="also write every measurement as JSON")
     parser.add_argument(
@@ -470,7 +491,9 @@ def main(argv: list[str] | None = None) -> int:
         startup = startup_seconds()
         for corpus in args.corpus:
             print(f"{corpus}:", file=sys.stderr)
-            results.append(bench_corpus(corpus, args.jobs, args.rounds, not args.no_reader, workdir, startup))
+            results.append(
+                bench_corpus(corpus, args.jobs, args.rounds, not args.no_reader, workdir, startup, args.cold)
+            )
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
