@@ -21,7 +21,7 @@ from typing import Any
 
 import pydicom
 import pydicom.config
-from pydicom.charset import convert_encodings
+from pydicom.charset import convert_encodings, custom_encoders
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
@@ -361,6 +361,7 @@ _IMPLICIT_LE = "1.2.840.10008.1.2"
 _NOT_FAST = {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99", *PrivateTransferSyntaxes}  # big endian, deflate
 _VALUE_TAGS: list[tuple[str, int]] = [(kw, TAG_OF[kw]) for kw in VALUE_KEYWORDS]
 _VR_OF: dict[int, str] = {tag: dictionary_VR(tag) for _, tag in _VALUE_TAGS}
+_UI = re.compile(rb"[0-9.\\]*[\x00 ]*")  # UIDs as written: pydicom's UID() strips any other whitespace per value
 _DS = re.compile(r" *[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)? *")
 _IS = re.compile(r" *[+-]?[0-9]+ *")
 
@@ -383,8 +384,8 @@ def read_fast(path: str) -> FileResult | None:
             elements = _header_elements(data, complete=len(data) < _MAX_READ)
     if not isinstance(elements, dict) or TAG_OF["DirectoryRecordSequence"] in elements:
         return None
-    encodings = _encodings(elements.get(_CHARSET))
     try:
+        encodings = _encodings(elements.get(_CHARSET))
         values = {kw: _decode(elements.get(tag), _VR_OF[tag], encodings) for kw, tag in _VALUE_TAGS}
     except (_Unusual, UnicodeError, LookupError):
         return None
@@ -419,20 +420,32 @@ def _header_elements(data: bytes, complete: bool) -> dict[int, RawDataElement] |
     # has its own rules for both.
     if first[:2] == b"\x00\x00" or implicit == (0x40 < first[4] < 0x5B and 0x40 < first[5] < 0x5B):
         return None
-    elements = {
-        int(e.tag): e for e in data_element_generator(fp, implicit, True, _past_last_tag, None, "iso8859", _TAGS)
-    }
+    try:
+        elements = {
+            int(e.tag): e for e in data_element_generator(fp, implicit, True, _past_last_tag, None, "iso8859", _TAGS)
+        }
+    except Exception:
+        if complete:
+            raise  # read_file goes the reference way, which says what is wrong
+        return _GOES_ON  # a sequence running past the bytes read raises where a plain element would not
     if fp.tell() >= len(data) and not complete:
         return _GOES_ON  # the bytes read ended before the last needed tag
     return elements
 
 
 def _encodings(elem: RawDataElement | None) -> list[str]:
-    """Python codecs for (0008,0005), as pydicom's Dataset._character_set gives them."""
-    if elem is None or not elem.value:
+    """The Python codec for (0008,0005), as pydicom's Dataset._character_set gives it, or _Unusual for what the
+    fast path leaves to pydicom: several character sets (code extensions), the ISO 2022 sets pydicom encodes
+    with its own encoders (it re-encodes names with them, and may fail), a VR other than CS."""
+    if elem is None:
         return ["iso8859"]
-    value = convert_string(elem.value, True)
-    return convert_encodings(value) if value else ["iso8859"]
+    if elem.VR not in (None, "CS"):
+        raise _Unusual
+    value = convert_string(elem.value, True) if elem.value else ""
+    encodings = convert_encodings(value) if value else ["iso8859"]
+    if len(encodings) != 1 or encodings[0] in custom_encoders:
+        raise _Unusual
+    return encodings
 
 
 def _decode(elem: RawDataElement | None, vr: str, encodings: list[str]) -> str | None:
@@ -446,7 +459,11 @@ def _decode(elem: RawDataElement | None, vr: str, encodings: list[str]) -> str |
     if not raw:
         return None
     vr = found or vr
-    if vr in ("UI", "CS", "AS"):
+    if vr == "UI":
+        if not _UI.fullmatch(raw):
+            raise _Unusual
+        return raw.decode("latin-1").strip("\x00 ") or None
+    if vr in ("CS", "AS"):
         return raw.decode("latin-1").strip("\x00 ") or None
     if vr in ("DA", "TM"):
         text = raw.decode("latin-1").rstrip(" \x00")
@@ -471,12 +488,12 @@ def _decode(elem: RawDataElement | None, vr: str, encodings: list[str]) -> str |
         return str(int.from_bytes(raw, "little", signed=vr == "SS"))
     if b"\x1b" in raw:
         raise _Unusual  # ISO 2022 escape sequences: pydicom switches character sets within the value
-    if vr in ("SH", "LO", "UC"):
+    if vr in ("SH", "LO", "UC"):  # pydicom strips each value's end (convert_text)
         text = raw.decode(encodings[0])
-    elif vr == "PN":
+        return "\\".join(item.rstrip("\x00 ") for item in text.split("\\")).strip("\x00 ") or None
+    if vr == "PN":  # pydicom strips the end of the whole value only (convert_PN)
         text = raw.rstrip(b"\x00 ").decode(encodings[0])
         if "=" in text:
             raise _Unusual  # component groups (ideographic, phonetic): PersonName's own rules
-    else:
-        raise _Unusual
-    return "\\".join(item.rstrip("\x00 ") for item in text.split("\\")).strip("\x00 ") or None
+        return text.strip("\x00 ") or None
+    raise _Unusual

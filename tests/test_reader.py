@@ -12,9 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from conftest import DICOMDIR_TESTS, PYDICOM_DATA, SHARED_DATA
 from dicom_factory import make_dataset, uid
+from pydicom.dataset import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -80,6 +82,7 @@ def _write(path: Path, raw: dict[int, tuple[str, Any]], syntax: str | None = Non
 PATIENT_NAME, CHARSET, STUDY_DATE, STUDY_TIME = 0x00100010, 0x00080005, 0x00080020, 0x00080030
 SLICE_THICKNESS, INSTANCE_NUMBER, MODALITY, SOP_CLASS = 0x00180050, 0x00200013, 0x00080060, 0x00080016
 PIXEL_PADDING, PIXEL_REPRESENTATION, SERIES_DESCRIPTION = 0x00280120, 0x00280103, 0x0008103E
+STUDY_UID, REFERRING_PHYSICIAN = 0x0020000D, 0x00080090
 
 # name -> (raw elements, transfer syntax, fast path expected, {table.column: expected value})
 CASES: dict[str, tuple[dict[int, tuple[str, Any]], str | None, bool, dict[str, Any]]] = {
@@ -113,6 +116,12 @@ CASES: dict[str, tuple[dict[int, tuple[str, Any]], str | None, bool, dict[str, A
         None,
         False,
         {"patient.PatientName": "Yamada^Tarou=山田^太郎"},
+    ),
+    "names: only the end of the whole value is stripped": (
+        {PATIENT_NAME: ("PN", b"Doe^John \\Roe^Jane "), REFERRING_PHYSICIAN: ("PN", b"Ref^A\x00\\Ref^B\x00")},
+        None,
+        True,
+        {"patient.PatientName": "Doe^John \\Roe^Jane", "study.ReferringPhysicianName": "Ref^A\x00\\Ref^B"},
     ),
     "name with component groups": (
         {PATIENT_NAME: ("PN", b"Yamada^Tarou=YAMADA^TAROU")},
@@ -191,17 +200,74 @@ def test_edge_values_read_alike_both_ways(tmp_path: Path, name: str) -> None:
         assert getattr(reference, table)[column] == value, key
 
 
-def test_a_standard_element_written_as_un_reads_alike_both_ways(tmp_path: Path) -> None:
-    path = _write(tmp_path / "un.dcm", {MODALITY: ("CS", b"MR")})
+def _rewrite(path: Path, written: bytes, instead: bytes) -> None:
+    """Replace one element's bytes as pydicom wrote them: for what pydicom will not write (it fixes VRs and
+    padding), but other writers do."""
     data = path.read_bytes()
-    # pydicom writes the dictionary's VR: rewrite the element as UN (4-byte length form), as some anonymisers do.
-    written = b"\x08\x00\x60\x00CS\x02\x00MR"
     assert data.count(written) == 1
-    path.write_bytes(data.replace(written, b"\x08\x00\x60\x00UN\x00\x00\x02\x00\x00\x00MR"))
+    path.write_bytes(data.replace(written, instead))
+
+
+# name -> (raw elements as pydicom writes them, their bytes, the bytes some other writer puts there, fast path expected)
+REWRITTEN: dict[str, tuple[dict[int, tuple[str, Any]], bytes, bytes, bool]] = {
+    # As some anonymisers do: a standard element as UN (4-byte length form).
+    "a standard element written as UN": (
+        {MODALITY: ("CS", b"MR")},
+        b"\x08\x00\x60\x00CS\x02\x00MR",
+        b"\x08\x00\x60\x00UN\x00\x00\x02\x00\x00\x00MR",
+        False,
+    ),
+    # pydicom's UID() strips whitespace other than the padding from each value.
+    "a UID ending in a line feed": (
+        {STUDY_UID: ("UI", b"1.2.826.0.1.3680043.8.498.77")},
+        b"\x20\x00\x0d\x00UI\x1c\x001.2.826.0.1.3680043.8.498.77",
+        b"\x20\x00\x0d\x00UI\x1c\x001.2.826.0.1.3680043.8.498.7\n",
+        False,
+    ),
+    # A character set whose VR is not CS.
+    "SpecificCharacterSet as OB": (
+        {CHARSET: ("CS", b"ISO_IR 100")},
+        b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100",
+        b"\x08\x00\x05\x00OB\x00\x00\x0a\x00\x00\x00ISO_IR 100",
+        False,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", REWRITTEN)
+def test_elements_pydicom_would_not_write_read_alike_both_ways(tmp_path: Path, name: str) -> None:
+    raw, written, instead, fast_expected = REWRITTEN[name]
+    path = _write(tmp_path / "rewritten.dcm", raw)
+    _rewrite(path, written, instead)
     reference = read_reference(str(path))
-    assert reference.status == "dicom" and reference.series["Modality"] == "MR"
+    fast = _fast_or_none(path)
+    assert (fast is not None) == fast_expected
+    assert read_file(str(path)) == reference  # whatever pydicom makes of it, failure included
+
+
+def test_a_name_pydicom_cannot_re_encode_reads_alike_both_ways(tmp_path: Path) -> None:
+    # pydicom re-encodes names with its own ISO 2022 encoders, and fails on an empty component.
+    path = _write(tmp_path / "jis.dcm", {CHARSET: ("CS", b"ISO 2022 IR 87"), PATIENT_NAME: ("PN", b"Yamada^^Tarou")})
     assert _fast_or_none(path) is None
-    assert read_file(str(path)) == reference
+    assert read_file(str(path)) == read_reference(str(path))
+
+
+def test_a_sequence_across_the_first_read_is_read_fast(tmp_path: Path) -> None:
+    # An undefined-length sequence before the UIDs that runs past the first 64 KiB read: read again, longer.
+    path = _write(tmp_path / "seq.dcm", {})
+    ds = pydicom.dcmread(path)
+    items = []
+    for i in range(1200):
+        item = Dataset()
+        item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        item.ReferencedSOPInstanceUID = uid(f"reader/ref/{i}")
+        items.append(item)
+    ds.ReferencedImageSequence = items
+    ds["ReferencedImageSequence"].is_undefined_length = True
+    ds.save_as(path, enforce_file_format=True)
+    assert path.stat().st_size > 2 * 64 * 1024
+    fast = _fast_or_none(path)
+    assert fast is not None and fast == read_reference(str(path))
 
 
 def test_a_truncated_header_reads_alike_both_ways(tmp_path: Path) -> None:
