@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 if TYPE_CHECKING:
     import logging
@@ -166,7 +166,7 @@ class Target(NamedTuple):
     """Where a database URL points: the dialect and what its driver connects to."""
 
     dialect: str  # "sqlite" | "postgresql"
-    address: str  # SQLite: the file name (with URI options); PostgreSQL: the DSN for asyncpg
+    address: str  # SQLite: the file name (with URI options); PostgreSQL: the URL
 
 
 def parse_url(url: str) -> Target:
@@ -183,7 +183,7 @@ def parse_url(url: str) -> Target:
             raise DatabaseError(f"bad database URL {url!r}: no file name (use sqlite:///path/to/file.db)")
         return Target("sqlite", name + (f"?{parts.query}" if parts.query else ""))
     if scheme in ("postgresql", "postgres"):
-        return Target("postgresql", urlunsplit(("postgresql", *parts[1:])))
+        return Target("postgresql", url)
     raise DatabaseError(f"unsupported database URL {url!r}: use sqlite:///FILE or postgresql://HOST/DB")
 
 
@@ -218,17 +218,36 @@ class _SQLite:
         self._conn.close()
 
 
+def asyncpg_arguments(url: str) -> dict[str, Any]:
+    """What `databases` gives asyncpg for the same URL (the API reads $DATABASE_URL too): host (or the `host`
+    option, for a socket directory), port, user, password, database and the `ssl` option; the pool sizes mean
+    nothing to one connection and, as there, other options are ignored."""
+    parts = urlsplit(url)
+    options = dict(parse_qsl(parts.query))
+    arguments: dict[str, Any] = {
+        "host": parts.hostname or options.get("host"),
+        "port": parts.port,
+        "user": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+        "database": unquote(parts.path[1:]) or None,
+    }
+    if "ssl" in options:
+        ssl = options["ssl"].lower()
+        arguments["ssl"] = {"true": True, "false": False}.get(ssl, ssl)
+    return arguments
+
+
 class _PostgreSQL:
     """asyncpg (the API's PostgreSQL driver too), driven from this synchronous writer by a private loop."""
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, url: str) -> None:
         import asyncio
 
         import asyncpg
 
         self._loop = asyncio.new_event_loop()
         try:
-            self._conn = self._loop.run_until_complete(asyncpg.connect(dsn))
+            self._conn = self._loop.run_until_complete(asyncpg.connect(**asyncpg_arguments(url)))
         except BaseException:
             self._loop.close()
             raise
@@ -290,7 +309,7 @@ class Store:
         return self._db
 
     def file_index(self) -> dict[str, IndexedFile]:
-        return {r[0]: IndexedFile(r[1], r[2], r[3], r[4]) for r in self.db.fetch(SELECT_FILE_INDEX)}
+        return {r[0]: IndexedFile(r[1], r[2], r[3], r[4]) for r in self._fetch(SELECT_FILE_INDEX)}
 
     def sop_owners(self, sops: Sequence[str]) -> dict[str, str]:
         """SOPInstanceUID -> path of the file already ingested for it, for the given UIDs."""
@@ -308,8 +327,16 @@ class Store:
         out: list[tuple[Any, ...]] = []
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
-            out.extend(self.db.fetch(template.format(keys=self.db.placeholders(len(chunk))), chunk))
+            out.extend(self._fetch(template.format(keys=self.db.placeholders(len(chunk))), chunk))
         return out
+
+    def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self.db.fetch(sql, params)
+        except DatabaseError:
+            raise
+        except Exception as exc:  # a dropped connection, a locked or damaged file: exit 3, not a traceback
+            raise DatabaseError(f"cannot read from {self.url}: {_describe(exc)}") from exc
 
     def write_batch(
         self,
@@ -342,10 +369,10 @@ class Store:
                     self._bulk(DELETE_ORPHAN_SLICE, ({"sop": s} for s in released_sops))
                     for statement in (DELETE_EMPTY_SERIES, DELETE_EMPTY_STUDIES, DELETE_EMPTY_PATIENTS):
                         db.execute(statement)
-            except BaseException:
+                db.execute("COMMIT")
+            except BaseException:  # a failed COMMIT too: nothing of the batch stays pending on the connection
                 self._rollback()
                 raise
-            db.execute("COMMIT")
         except Exception as exc:
             raise DatabaseError(f"cannot write to {self.url}: {_describe(exc)}") from exc
 

@@ -322,8 +322,11 @@ def _as_float(text: str | None) -> float | None:
 
 
 def _as_int(text: str | None) -> int | None:
+    """An integer of DICOM's range for IS (32-bit signed, as PostgreSQL's INTEGER), else None."""
     number = _as_float(text)
-    return int(number) if number is not None and number.is_integer() else None
+    if number is None or not number.is_integer() or not -(2**31) <= number < 2**31:
+        return None
+    return int(number)
 
 
 def _get(ds: Dataset, keyword: str, charset: Any = None) -> Any:

@@ -14,6 +14,8 @@ from conftest import DICOMDIR_TESTS, dump_tables, fresh_postgres_database, run_i
 from dicom_factory import write_series
 from test_ingest import summary
 
+from ingest.db import DatabaseError, Store
+
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
@@ -63,3 +65,39 @@ def test_postgres_duplicates_and_changes(pg_url: str, tmp_path: Path) -> None:
     dump = asyncio.run(_pg_dump(pg_url))
     assert [r[0] for r in dump["Patient"]] == ["PAT-9"]
     assert len(dump["SliceMetadata"]) == 3
+
+
+def test_postgres_url_options_and_numbers_beyond_its_integer(pg_url: str, tmp_path: Path) -> None:
+    # The options `databases` (the API) accepts in the same $DATABASE_URL; and an InstanceNumber past DICOM's
+    # 32-bit range for IS, which PostgreSQL's INTEGER cannot hold: stored as NULL, not a stopped run.
+    write_series(tmp_path / "in", count=2)
+    write_series(tmp_path / "in" / "big", count=1, series="series-big", InstanceNumber=3_000_000_000)
+    proc = run_ingest(tmp_path / "in", "--db", f"{pg_url}?min_size=1&max_size=5&ssl=false", check=0)
+    assert summary(proc.stdout)["ingested"] == 3
+    sqlite_db = tmp_path / "same.db"
+    run_ingest(tmp_path / "in", "--db", f"sqlite:///{sqlite_db}", check=0)
+    dump = asyncio.run(_pg_dump(pg_url))
+    assert dump == dump_tables(sqlite_db)
+    assert sorted((r[6] is None) for r in dump["SliceMetadata"]) == [False, False, True]  # SliceNumber
+
+
+def test_a_dropped_connection_is_a_database_error(pg_url: str) -> None:
+    store = Store(pg_url)
+    store.open()
+    try:
+        asyncio.run(_pg_terminate_others(pg_url))
+        with pytest.raises(DatabaseError, match="cannot read from"):
+            store.file_index()
+    finally:
+        store.close()
+
+
+async def _pg_terminate_others(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
