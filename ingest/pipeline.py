@@ -60,7 +60,8 @@ class Summary:
 def walk(paths: Iterable[str]) -> tuple[list[FoundFile], list[Outcome]]:
     """Every regular file under `paths`, sorted, and the entries that cannot be files to read.
 
-    Symbolic links to files are followed; links to directories are not (no cycles, no double counting).
+    Symbolic links to files are followed; links to directories met on the way are not (no cycles, no double
+    counting), but a path given as an argument is walked even if it is a link to a folder.
     """
     found: list[FoundFile] = []
     bad: list[Outcome] = []
@@ -86,7 +87,7 @@ def walk(paths: Iterable[str]) -> tuple[list[FoundFile], list[Outcome]]:
                 pass  # vanished or unreadable entry: visit() says which
             visit(entry.path)
 
-    def visit(path: str) -> None:
+    def visit(path: str, argument: bool = False) -> None:
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -99,7 +100,7 @@ def walk(paths: Iterable[str]) -> tuple[list[FoundFile], list[Outcome]]:
             bad.append(Outcome(path, FAILED, f"cannot stat: {exc.strerror}"))
             return
         if stat.S_ISDIR(st.st_mode):
-            if not os.path.islink(path):
+            if argument or not os.path.islink(path):
                 visit_dir(path)
         elif stat.S_ISREG(st.st_mode):
             found.append(FoundFile(path, st.st_size, st.st_mtime_ns))
@@ -108,10 +109,12 @@ def walk(paths: Iterable[str]) -> tuple[list[FoundFile], list[Outcome]]:
 
     roots = list(paths)
     for root in roots:
-        visit(os.path.abspath(root))
+        visit(os.path.abspath(root), argument=True)
     if len(roots) > 1:
-        # Overlapping arguments (a folder and a file or folder inside it) name some paths twice: count them once.
-        found, bad = list(set(found)), list(set(bad))
+        # Overlapping arguments (a folder and a file or folder inside it) name some paths twice: count them once
+        # (the last look at a file wins, should it have changed in between).
+        found = list({f.path: f for f in found}.values())
+        bad = list(set(bad))
     found.sort()  # by path (unique now, so the other fields never decide)
     bad.sort()
     return found, bad

@@ -243,6 +243,15 @@ def test_overlapping_paths_and_links_count_each_file_once(tmp_path: Path) -> Non
     assert rows(db, 'SELECT COUNT(*) FROM "SourceFile"') == [(6,)]
 
 
+def test_a_link_to_a_folder_given_as_the_path_is_walked(tmp_path: Path) -> None:
+    write_series(tmp_path / "real" / "a", count=3)
+    (tmp_path / "link").symlink_to(tmp_path / "real")  # e.g. /data -> /mnt/nas/collection
+    proc = run_ingest(tmp_path / "link", "--db", f"sqlite:///{tmp_path / 'l.db'}", check=0)
+    assert summary(proc.stdout)["ingested"] == 3
+    paths = [r[0] for r in rows(tmp_path / "l.db", 'SELECT "Path" FROM "SourceFile" ORDER BY "Path"')]
+    assert paths == [str(tmp_path / "link" / "a" / f"slice{i:04d}.dcm") for i in range(3)]
+
+
 def test_unchanged_files_are_not_parsed(tmp_path: Path) -> None:
     paths = write_series(tmp_path / "in", count=3)
     db = tmp_path / "u.db"
