@@ -33,6 +33,10 @@ temporary folder (`--workdir`) and are deleted.
 /proc/sys/vm/drop_caches`) before each of bare, bare script, reader only and ingest, and skips the warm-up read.
 The re-run follows its first run without a drop (the first run has just read the tree's metadata).
 
+`--postgres URL` (a server's admin database, e.g. postgresql://postgres@127.0.0.1:5432/test) has the ingest
+write into a fresh PostgreSQL database on that server each round (`bench_ingest_tmp`, created and dropped)
+instead of a SQLite file. The server's own CPU is not counted in the ingest's CPU seconds.
+
 `--ingest-src DIR` measures the `ingest` package found in DIR (a patched copy of the repository, say) instead
 of the installed one, for both (r) and (b)/(c): the way to measure a proposed change without touching the tree.
 """
@@ -56,6 +60,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pydicom
 
@@ -245,9 +250,9 @@ def ingest_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-c", "from ingest.cli import main; main()"]
 
 
-def run_ingest(corpus: str, db: Path, jobs: int) -> tuple[float, dict[str, int], float, float]:
+def run_ingest(corpus: str, url: str, jobs: int) -> tuple[float, dict[str, int], float, float]:
     """(wall seconds, summary counts, the run's own seconds, CPU seconds) of one `dicom-ingest` subprocess."""
-    cmd = [*ingest_command(), corpus, "--db", f"sqlite:///{db}", "--jobs", str(jobs), "--quiet"]
+    cmd = [*ingest_command(), corpus, "--db", url, "--jobs", str(jobs), "--quiet"]
     cpu = children_cpu()
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -260,9 +265,49 @@ def run_ingest(corpus: str, db: Path, jobs: int) -> tuple[float, dict[str, int],
     return wall, counts, float(match["seconds"]), cpu
 
 
-def remove_db(db: Path) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
+class TargetDatabase:
+    """Where the ingest writes: a SQLite file in the work folder, or a database on a PostgreSQL server."""
+
+    PG_NAME = "bench_ingest_tmp"
+    _drop = f'DROP DATABASE IF EXISTS "{PG_NAME}" WITH (FORCE)'
+
+    def __init__(self, workdir: Path, postgres: str | None) -> None:
+        self.file = workdir / "bench.db"
+        self.postgres = postgres
+        if postgres:
+            base = urlsplit(postgres)
+            self.url = urlunsplit((base.scheme, base.netloc, f"/{self.PG_NAME}", "", ""))
+        else:
+            self.url = f"sqlite:///{self.file}"
+
+    def reset(self) -> None:
+        """Make it empty (no tables): a fresh file, or the PostgreSQL database dropped and created again."""
+        if self.postgres:
+            self._pg_admin(self._drop, f'CREATE DATABASE "{self.PG_NAME}"')
+        else:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{self.file}{suffix}").unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        if self.postgres:
+            self._pg_admin(self._drop)
+        else:
+            self.reset()
+
+    def _pg_admin(self, *statements: str) -> None:
+        import asyncio
+
+        import asyncpg
+
+        async def run() -> None:
+            conn = await asyncpg.connect(self.postgres)
+            try:
+                for statement in statements:
+                    await conn.execute(statement)
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
 
 
 def startup_seconds(repeats: int = 3) -> float:
@@ -306,7 +351,14 @@ def warm(files: Sequence[str]) -> int:
 
 
 def bench_corpus(
-    corpus: str, jobs: int, rounds: int, reader: bool, workdir: Path, startup: float, cold: bool = False
+    corpus: str,
+    jobs: int,
+    rounds: int,
+    reader: bool,
+    workdir: Path,
+    startup: float,
+    cold: bool = False,
+    postgres: str | None = None,
 ) -> Result:
     start = time.perf_counter()
     files = walk(corpus)
@@ -318,7 +370,7 @@ def bench_corpus(
     warm_s = 0.0 if cold else time.perf_counter() - start
     fresh = drop_caches if cold else (lambda: None)
     result = Result(corpus, len(files), jobs, walk_s, warm_s, size, startup)
-    db = workdir / "bench.db"
+    db = TargetDatabase(workdir, postgres)
     for i in range(rounds):
         bare_first = i % 2 == 0
         bare: tuple[float, float] | None = None
@@ -328,11 +380,11 @@ def bench_corpus(
             bare = pool_loop(files, jobs, _bare, _quiet)
             fresh()
             script_s = bare_script(corpus, jobs)
-        remove_db(db)
+        db.reset()
         fresh()
-        ingest_s, result.summary_first, internal, ingest_cpu = run_ingest(corpus, db, jobs)
-        rerun_s, result.summary_rerun, rerun_internal, rerun_cpu = run_ingest(corpus, db, jobs)
-        remove_db(db)
+        ingest_s, result.summary_first, internal, ingest_cpu = run_ingest(corpus, db.url, jobs)
+        rerun_s, result.summary_rerun, rerun_internal, rerun_cpu = run_ingest(corpus, db.url, jobs)
+        db.remove()
         if not bare_first:
             fresh()
             bare = pool_loop(files, jobs, _bare, _quiet)
@@ -468,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="measurement rounds (default: %(default)s)")
     parser.add_argument("--no-reader", action="store_true", help="skip the reader-only diagnostic loop")
     parser.add_argument("--cold", action="store_true", help="drop the page cache before each measurement (root)")
+    parser.add_argument("--postgres", metavar="URL", help="ingest into PostgreSQL: a server's admin database URL")
     parser.add_argument("--workdir", help="folder for the temporary databases (default: a new temporary folder)")
     parser.add_argument("--json", metavar="FILE", help="also write every measurement as JSON")
     parser.add_argument(
@@ -492,7 +545,9 @@ def main(argv: list[str] | None = None) -> int:
         for corpus in args.corpus:
             print(f"{corpus}:", file=sys.stderr)
             results.append(
-                bench_corpus(corpus, args.jobs, args.rounds, not args.no_reader, workdir, startup, args.cold)
+                bench_corpus(
+                    corpus, args.jobs, args.rounds, not args.no_reader, workdir, startup, args.cold, args.postgres
+                )
             )
     finally:
         if not args.workdir:
