@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from ingest.db import DatabaseError, Store, normalise_url
+from ingest.db import DatabaseError, Store, parse_url
 from ingest.pipeline import (
     DUPLICATE,
     FAILED,
@@ -75,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.jobs < 1 or args.batch_size < 1:
         return _usage("--jobs and --batch-size must be at least 1")
     try:
-        normalise_url(args.db)
+        parse_url(args.db)
     except DatabaseError as exc:
         return _usage(str(exc))
     return _ingest(args)

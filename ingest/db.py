@@ -187,12 +187,6 @@ def parse_url(url: str) -> Target:
     raise DatabaseError(f"unsupported database URL {url!r}: use sqlite:///FILE or postgresql://HOST/DB")
 
 
-def normalise_url(url: str) -> str:
-    """The URL, once checked (see `parse_url`)."""
-    parse_url(url)
-    return url
-
-
 class _SQLite:
     """The standard library's sqlite3, in autocommit mode: transactions are write_batch's BEGIN/COMMIT."""
 
