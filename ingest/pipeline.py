@@ -25,6 +25,9 @@ from ingest.paths import from_text, to_text
 
 UNCHANGED, NOT_REACHED = "unchanged", "not_reached"
 SKIPPABLE = {INGESTED, DUPLICATE, NOT_DICOM}  # a failed file is tried again on every run
+# A file changed this close before the walk may change again within the same tick of the file system's clock
+# (a few ms) without its ctime moving: it is recorded with an unknown ctime, so the next run reads it again.
+RACY_NS = 50_000_000
 
 __all__ = ["DUPLICATE", "FAILED", "INGESTED", "NOT_DICOM", "NOT_REACHED", "UNCHANGED", "FoundFile", "Ingest", "walk"]
 
@@ -58,6 +61,7 @@ class Walk(NamedTuple):
     roots: list[str]  # the absolute paths walked
     kept: set[str]  # stored paths that exist but could not be looked at: their records stay
     unlisted: list[str]  # folders that could not be listed: nothing under them is taken as gone
+    started_ns: int  # wall clock when the walk began
 
 
 def walk(paths: Iterable[str]) -> Walk:
@@ -112,6 +116,7 @@ def walk(paths: Iterable[str]) -> Walk:
         else:
             bad.append(Outcome(to_text(path), NOT_DICOM, "not a regular file"))
 
+    started_ns = time.time_ns()
     roots = [os.path.abspath(p) for p in paths]
     for root in roots:
         visit(root, argument=True)
@@ -122,7 +127,7 @@ def walk(paths: Iterable[str]) -> Walk:
         bad = list(set(bad))
     found.sort()  # by path (unique now, so the other fields never decide)
     bad.sort()
-    return Walk(found, bad, roots, kept, unlisted)
+    return Walk(found, bad, roots, kept, unlisted, started_ns)
 
 
 def _under(path: str, folders: list[str]) -> bool:
@@ -199,6 +204,7 @@ class Ingest:
         self.stop_requested = False
         self.summary = Summary()
         self._index: dict[str, IndexedFile] = {}
+        self._racy_after = 0
 
     def request_stop(self) -> None:
         self.stop_requested = True
@@ -212,6 +218,7 @@ class Ingest:
         self._index = self.store.file_index()
         todo = self._changed(found)
         gone = self._gone(walked) if self.prune else []
+        self._racy_after = walked.started_ns - RACY_NS
         batch: list[Item] = []
         last_flush, done = time.monotonic(), 0
         for item in self._parse(todo):
@@ -323,7 +330,7 @@ class Ingest:
                 except Exception as exc:  # the reader never raises; a pickling problem, say, fails the file only
                     results = [_lost(f.path, f"cannot read: {type(exc).__name__}: {exc}") for f in files]
                 for f, parsed in zip(files, results, strict=True):
-                    yield Item(f, parsed)
+                    yield Item(f._replace(ctime_ns=-1) if f.ctime_ns >= self._racy_after else f, parsed)
         finally:
             pool.stop()
             pool.join()

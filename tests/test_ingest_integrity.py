@@ -542,3 +542,19 @@ def test_two_hundred_random_mutations_each_leave_what_a_fresh_ingest_finds(tmp_p
         capsys.readouterr()
     assert all(count >= 20 for count in operations.values()), operations
     assert rows(db, "PRAGMA foreign_key_check") == []
+
+
+def test_a_file_changed_just_before_the_walk_is_read_again_next_time(tmp_path: Path, capsys) -> None:
+    """Its ctime may not move if it changes again within the same clock tick: it is not trusted as unchanged."""
+    tree, db = tmp_path / "in", tmp_path / "racy.db"
+    write_series(tree / "old", count=2)
+    time.sleep(0.2)
+    _write(tree / "new.dcm", "just-written")
+    assert _cli(tree, "--db", _db(db), "--quiet") == 0  # in this process: the walk follows the write at once
+    assert rows(db, 'SELECT "Path" FROM "SourceFile" WHERE "CtimeNs" = -1') == [(str(tree / "new.dcm"),)]
+    capsys.readouterr()
+    assert _cli(tree, "--db", _db(db)) == 0
+    counts = summary(capsys.readouterr().out)
+    assert (counts["unchanged"], counts["ingested"]) == (2, 1)
+    assert _cli(tree, "--db", _db(db)) == 0
+    assert summary(capsys.readouterr().out)["unchanged"] == 3
