@@ -44,8 +44,6 @@ class IndexedFile(NamedTuple):  # a tuple: the index of a large tree is read who
     inode: int | None
     ctime_ns: int | None
     status: str
-    sop_uid: str | None
-    header: str | None
 
 
 PATIENT_FIELDS = (
@@ -171,9 +169,7 @@ DELETE_UNUSED_HEADERS = (
     '(SELECT 1 FROM "SourceFile" f WHERE f."Header" = "SourceHeader"."Hash")'
 )
 
-SELECT_FILE_INDEX = (
-    'SELECT "Path", "Size", "MtimeNs", "Inode", "CtimeNs", "Status", "SOPInstanceUID", "Header" FROM "SourceFile"'
-)
+SELECT_FILE_INDEX = 'SELECT "Path", "Size", "MtimeNs", "Inode", "CtimeNs", "Status" FROM "SourceFile"'
 SELECT_SOURCES = 'SELECT "Path", "Status", "SOPInstanceUID", "Header" FROM "SourceFile" WHERE "Path" IN ({keys})'
 SELECT_HOLDERS = (
     'SELECT "SOPInstanceUID", "Path", "Status", "Reason", "Header", "ContentHash", '

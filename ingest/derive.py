@@ -251,7 +251,9 @@ class _Batch:
         wanted: set[str] = set()
         self.series_rows.clear()
         for series, (number, sop) in best.items():
-            path = owners[sop]
+            path = owners.get(sop)
+            if path is None:
+                continue  # a row no file record backs (a database not built by the ingest): left as it is
             self.series_source[series] = path
             if path in self.in_hand:
                 self.series_rows[series] = self.in_hand[path].parsed.result.series

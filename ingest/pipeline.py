@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import signal
 import stat
 import time
@@ -151,8 +152,8 @@ def _setup_reader(max_header_bytes: int) -> None:
     set_max_header_bytes(max_header_bytes)
 
 
-def _digest(value: object) -> str:
-    return hashlib.blake2b(json.dumps(value, default=str).encode(), digest_size=8).hexdigest()
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
 def parse(path: str) -> Parsed:
@@ -164,7 +165,9 @@ def parse(path: str) -> Parsed:
         return Parsed(r)
     patient = json.dumps([r.patient[f] for f in PATIENT_FIELDS])
     study = json.dumps([r.study[f] for f in STUDY_FIELDS])
-    return Parsed(r, _digest([patient, study]), patient, study, _digest([r.patient, r.study, r.series, r.slice]))
+    # pickle, not JSON, for the content hash: a third of the cost, and as stable for the same values.
+    values = tuple(tuple(d.values()) for d in (r.patient, r.study, r.series, r.slice))
+    return Parsed(r, _digest(f"{patient}\n{study}".encode()), patient, study, _digest(pickle.dumps(values, 5)))
 
 
 def parse_chunk(paths: list[str]) -> list[Parsed]:
@@ -205,6 +208,7 @@ class Ingest:
         self.summary = Summary()
         self._index: dict[str, IndexedFile] = {}
         self._racy_after = 0
+        self._present: list[str] = []
 
     def request_stop(self) -> None:
         self.stop_requested = True
@@ -246,8 +250,9 @@ class Ingest:
         todo: list[FoundFile] = []
         unchanged = 0
         index = self._index
-        for f in found:
-            known = index.get(to_text(f.path))
+        self._present = texts = [to_text(f.path) for f in found]
+        for f, text in zip(found, texts, strict=True):
+            known = index.get(text)
             if (
                 known
                 and known.size == f.size
@@ -257,9 +262,7 @@ class Ingest:
                 and known.status in SKIPPABLE
             ):
                 if known.status == NOT_DICOM:
-                    self.summary.add(
-                        Outcome(to_text(f.path), NOT_DICOM, "unchanged since it was found not to be DICOM")
-                    )
+                    self.summary.add(Outcome(text, NOT_DICOM, "unchanged since it was found not to be DICOM"))
                 else:
                     unchanged += 1
             else:
@@ -270,7 +273,7 @@ class Ingest:
 
     def _gone(self, walked: Walk) -> list[str]:
         """Stored paths under the walked roots that are no longer on disk (nor merely unreadable)."""
-        present = {to_text(f.path) for f in walked.found} | walked.kept
+        present = set(self._present) | walked.kept
         gone = []
         for text in self._index:
             if text in present:

@@ -34,6 +34,7 @@ from pydicom.uid import PrivateTransferSyntaxes
 from pydicom.valuerep import PersonName
 from pydicom.values import convert_string
 
+from ingest.derive import rank_key
 from ingest.limits import DEFAULT_MAX_HEADER_BYTES
 
 # Values that break a VR's rules are kept as read instead of raising on access; ingest never fails a whole
@@ -351,11 +352,8 @@ def _rows(path: str, values: dict[str, str | None]) -> FileResult:
 
 
 def representative_key(instance_number: str | None, sop_uid: str) -> str:
-    """Sort key choosing a series' representative instance: smallest InstanceNumber, then SOPInstanceUID."""
-    number = _as_int(instance_number)
-    # Offset so that negative numbers sort before positive ones as text; instances without a number last.
-    rank = f"{number + 10**11:013d}" if number is not None and abs(number) < 10**11 else "9" * 13
-    return f"{rank}|{sop_uid}"
+    """Sort key choosing a series' representative instance (ingest/derive.py)."""
+    return rank_key(_as_int(instance_number), sop_uid)
 
 
 def _value(ds: Dataset, keyword: str, charset: Any) -> str | None:
