@@ -11,9 +11,10 @@ unchanged tree of 10,000 files.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -111,6 +112,19 @@ SLICE_FIELDS = (
 )
 SOURCE_FIELDS = ("Path", "Size", "MtimeNs", "Status", "SOPInstanceUID", "Reason")
 
+# Per table: the UID column and the column holding its digest (`uid_hash`), indexed, so that the API can find a
+# row by the pseudonym a de-identified client sees (api/masking.py turns a pseudonym back into this digest).
+UID_HASHES = {
+    "Study": ("StudyInstanceUID", "StudyInstanceUIDHash"),
+    "Series": ("SeriesInstanceUID", "SeriesInstanceUIDHash"),
+    "SliceMetadata": ("SOPInstanceUID", "SOPInstanceUIDHash"),
+}
+
+
+def uid_hash(uid: str | None) -> str | None:
+    """The first 128 bits of SHA-256 of the UID, as 32 hex digits (the same as api.masking.uid_hash)."""
+    return None if uid is None else hashlib.sha256(uid.encode("utf-8")).hexdigest()[:32]
+
 
 def _upsert(table: str, fields: Sequence[str], key: str, update: str, where: str = "") -> str:
     cols = ", ".join(f'"{f}"' for f in fields)
@@ -122,17 +136,24 @@ def _upsert(table: str, fields: Sequence[str], key: str, update: str, where: str
 # Patient and study attributes repeat in every file: a value a later file lacks does not erase one already
 # stored, so the order in which files of a study arrive does not matter for what is kept.
 UPSERT_PATIENT = _upsert("Patient", PATIENT_FIELDS, "PatientID", '"{f}" = COALESCE(excluded."{f}", "{table}"."{f}")')
-UPSERT_STUDY = _upsert("Study", STUDY_FIELDS, "StudyInstanceUID", '"{f}" = COALESCE(excluded."{f}", "{table}"."{f}")')
+UPSERT_STUDY = _upsert(
+    "Study",
+    (*STUDY_FIELDS, "StudyInstanceUIDHash"),
+    "StudyInstanceUID",
+    '"{f}" = COALESCE(excluded."{f}", "{table}"."{f}")',
+)
 # A series row holds the values of its representative instance: only a candidate that sorts at or before the
 # current one replaces it (at: the representative file itself changed).
 UPSERT_SERIES = _upsert(
     "Series",
-    SERIES_FIELDS,
+    (*SERIES_FIELDS, "SeriesInstanceUIDHash"),
     "SeriesInstanceUID",
     '"{f}" = excluded."{f}"',
     ' WHERE excluded."RepresentativeKey" <= "Series"."RepresentativeKey" OR "Series"."RepresentativeKey" IS NULL',
 )
-UPSERT_SLICE = _upsert("SliceMetadata", SLICE_FIELDS, "SOPInstanceUID", '"{f}" = excluded."{f}"')
+UPSERT_SLICE = _upsert(
+    "SliceMetadata", (*SLICE_FIELDS, "SOPInstanceUIDHash"), "SOPInstanceUID", '"{f}" = excluded."{f}"'
+)
 UPSERT_SOURCE = _upsert("SourceFile", SOURCE_FIELDS, "Path", '"{f}" = excluded."{f}"')
 
 SELECT_FILE_INDEX = 'SELECT "Path", "Size", "MtimeNs", "Status", "SOPInstanceUID" FROM "SourceFile"'
@@ -194,6 +215,14 @@ class _SQLite:
         self._conn = sqlite3.connect(address, isolation_level=None, uri=address.startswith("file:"))
         for pragma in SQLITE_PRAGMAS:
             self._conn.execute(pragma)
+        self._conn.create_function("dicom_uid_hash", 1, uid_hash, deterministic=True)
+
+    @staticmethod
+    def uid_hash_sql(expr: str) -> str:
+        return f"dicom_uid_hash({expr})"
+
+    def columns(self, table: str) -> set[str]:
+        return {row[1] for row in self._conn.execute("SELECT * FROM pragma_table_info(?)", (table,))}
 
     @staticmethod
     def placeholders(count: int) -> str:
@@ -250,6 +279,17 @@ class _PostgreSQL:
     def placeholders(count: int) -> str:
         return ", ".join(f"${i + 1}" for i in range(count))
 
+    @staticmethod
+    def uid_hash_sql(expr: str) -> str:
+        return f"substr(encode(sha256(convert_to({expr}, 'UTF8')), 'hex'), 1, 32)"
+
+    def columns(self, table: str) -> set[str]:
+        sql = (
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = $1"
+        )
+        return {row[0] for row in self.fetch(sql, (table,))}
+
     def execute(self, sql: str) -> None:
         self._loop.run_until_complete(self._conn.execute(sql))
 
@@ -281,11 +321,39 @@ class Store:
     def open(self) -> None:
         try:
             self._db = _SQLite(self._address) if self.dialect == "sqlite" else _PostgreSQL(self._address)
-            for statement in schema_statements(self.dialect):
-                self._db.execute(statement)
+            statements = schema_statements(self.dialect)
+            for statement in statements:
+                if not statement.upper().startswith("CREATE INDEX"):
+                    self._db.execute(statement)
+            self._add_uid_hashes()  # before the indexes: some index the columns it may add
+            for statement in statements:
+                if statement.upper().startswith("CREATE INDEX"):
+                    self._db.execute(statement)
         except Exception as exc:
             self.close()
             raise DatabaseError(f"cannot open database {self.url}: {_describe(exc)}") from exc
+
+    def _add_uid_hashes(self) -> None:
+        """A database made before the UID digest columns existed gets them, filled, in one transaction."""
+        db = self.db
+        missing = []
+        for table, (uid, digest) in UID_HASHES.items():
+            # Not `SELECT "column"`: SQLite reads an unknown double-quoted name as a string.
+            if digest not in db.columns(table):
+                missing.append((table, uid, digest))
+        if not missing:
+            return
+        db.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+        try:
+            for table, uid, digest in missing:
+                db.execute(f'ALTER TABLE "{table}" ADD COLUMN "{digest}" TEXT')
+                column = f'"{uid}"'
+                db.execute(f'UPDATE "{table}" SET "{digest}" = {db.uid_hash_sql(column)}')
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        _log().info("added the UID digest columns to %s", ", ".join(t for t, _, _ in missing))
 
     def close(self) -> None:
         db, self._db = self._db, None
@@ -350,9 +418,9 @@ class Store:
             db.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
             try:
                 self._bulk(UPSERT_PATIENT, patients)
-                self._bulk(UPSERT_STUDY, studies)
-                self._bulk(UPSERT_SERIES, series)
-                self._bulk(UPSERT_SLICE, slices)
+                self._bulk(UPSERT_STUDY, _with_hash(studies, "Study"))
+                self._bulk(UPSERT_SERIES, _with_hash(series, "Series"))
+                self._bulk(UPSERT_SLICE, _with_hash(slices, "SliceMetadata"))
                 self._bulk(DELETE_SOURCE, ({"path": p} for p in vanished_paths))
                 self._bulk(UPSERT_SOURCE, sources)
                 if released_sops:
@@ -380,6 +448,12 @@ class Store:
         rows = list(rows)
         if rows:
             self.db.executemany(sql, rows)
+
+
+def _with_hash(rows: Iterable[dict[str, Any]], table: str) -> Iterator[dict[str, Any]]:
+    uid, digest = UID_HASHES[table]
+    for row in rows:
+        yield {**row, digest: uid_hash(row[uid])}
 
 
 def schema_statements(dialect: str) -> list[str]:
