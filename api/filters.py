@@ -84,6 +84,7 @@ class _Compiler:
         self.params = params
         self.access = access
         self.aliases = 0
+        self.valid_dates: set[str] = set()  # expressions that hold an ISO date or NULL, never other text
 
     def _alias(self) -> str:
         self.aliases += 1
@@ -101,6 +102,7 @@ class _Compiler:
                     parts.append(self.uid_filter(table, column, value, alias))
                 elif how is Treatment.SHIFTED:
                     expr = shifted_expr(table, column, alias, self.dialect)
+                    self.valid_dates.add(expr)
                     parts.append(self.column_filter(column, value, alias, expr))
                 else:
                     parts.append(self.column_filter(column, value, alias))
@@ -210,7 +212,7 @@ class _Compiler:
         if column.kind is Kind.DATE:
             value = _iso(value)
         sql = _COMPARE[op].format(e=expr, p=self.params.add(value))
-        if column.kind is Kind.DATE and op != "eq":
+        if column.kind is Kind.DATE and op != "eq" and expr not in self.valid_dates:
             sql = f"({sql}) AND {self.dialect.is_iso_date(expr)}"
         return sql
 

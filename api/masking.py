@@ -82,15 +82,20 @@ class Pseudonyms:
         # are served too, with the digest computed per row: a scan instead of a seek until dicom-ingest runs).
         self.stored_digests = True
         self.uid = functools.lru_cache(maxsize=1 << 16)(self._uid)
+        self._keyed = functools.lru_cache(maxsize=1 << 17)(self._hmac)
         self.date_offset = functools.lru_cache(maxsize=1 << 16)(self._date_offset)
+        self.shift_date = functools.lru_cache(maxsize=1 << 17)(self._shift_date)
 
     def __repr__(self) -> str:
         return f"Pseudonyms(configured={self.configured})"
 
     def __call__(self, value: Any) -> str | None:
-        if value is None:
-            return None
-        digest = hmac.new(self._key, str(value).encode("utf-8"), hashlib.sha256).hexdigest()
+        """The PatientID pseudonym; also the keyed hash by which de-identified pages order IDs and UIDs (SQLite
+        calls it for every row such a page reads: cached)."""
+        return None if value is None else self._keyed(str(value))
+
+    def _hmac(self, value: str) -> str:
+        digest = hmac.new(self._key, value.encode("utf-8"), hashlib.sha256).hexdigest()
         return PSEUDONYM_PREFIX + digest[:PSEUDONYM_DIGITS]
 
     def pads(self, key: bytes | None = None) -> tuple[bytes, bytes]:
@@ -144,7 +149,7 @@ class Pseudonyms:
         days = 1 + (n >> 1) % MAX_SHIFT_DAYS
         return -days if n & 1 else days
 
-    def shift_date(self, value: Any, patient_id: Any) -> str | None:
+    def _shift_date(self, value: Any, patient_id: Any) -> str | None:
         """An ISO date moved by the patient's offset; None for anything else (stored text that is no date)."""
         if not isinstance(value, str) or len(value) != 10 or patient_id is None:
             return None
