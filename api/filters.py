@@ -170,13 +170,14 @@ class _Compiler:
                 f"de-identified access compares {table.type_name}.{column.field_name} (a pseudonymous UID) with "
                 "eq, ne, in, notIn and isNull only"
             )
-        assert self.access.pseudonyms is not None
+        keys = self.access.pseudonyms
+        assert keys is not None
         expr = f"{alias}.{q(column.name)}"
-        holder_name, uid, digest = UID_DIGEST_OF[(table.name, column.name)]
+        holder_name, uid, _ = UID_DIGEST_OF[(table.name, column.name)]
         holder = TABLES[holder_name]
 
         def member(pseudonyms: list[str]) -> str:
-            digests = [d for d in map(self.access.pseudonyms.uid_digest, pseudonyms) if d is not None]  # type: ignore[union-attr]
+            digests = [d for d in map(keys.uid_digest, pseudonyms) if d is not None]
             if not digests:
                 return FALSE
             param = self.params.add(json_list(digests))
