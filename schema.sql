@@ -25,6 +25,9 @@ CREATE TABLE IF NOT EXISTS "Study" (
     "StudyID" TEXT,
     "SeriesDate" TEXT,
     "ReferringPhysicianName" TEXT,
+    -- added: the first 128 bits of SHA-256 of the UID in hex (ingest/db.py uid_hash), indexed: a de-identified
+    -- client's pseudonymous UID is turned back into this digest (api/masking.py), then the row is an index seek
+    "StudyInstanceUIDHash" TEXT,
     FOREIGN KEY ("PatientID") REFERENCES "Patient" ("PatientID")
 );
 
@@ -59,6 +62,8 @@ CREATE TABLE IF NOT EXISTS "Series" (
     "RepresentativeKey" TEXT,
     -- added: SliceThickness as a number, so that filters compare numbers, not text
     "SliceThicknessValue" REAL,
+    -- added: digest of the SeriesInstanceUID, as Study's
+    "SeriesInstanceUIDHash" TEXT,
     FOREIGN KEY ("StudyInstanceUID") REFERENCES "Study" ("StudyInstanceUID")
 );
 
@@ -80,6 +85,8 @@ CREATE TABLE IF NOT EXISTS "SliceMetadata" (
     "SOPInstanceUID" TEXT NOT NULL UNIQUE,
     "SOPClassUID" TEXT,
     "ImagePositionPatient" TEXT,
+    -- added: digest of the SOPInstanceUID, as Study's
+    "SOPInstanceUIDHash" TEXT,
     FOREIGN KEY ("SeriesInstanceUID") REFERENCES "Series" ("SeriesInstanceUID")
 );
 
@@ -125,6 +132,9 @@ CREATE INDEX IF NOT EXISTS "idx_slice_thickness" ON "SliceMetadata" ("SliceThick
 CREATE INDEX IF NOT EXISTS "idx_slice_accession" ON "SliceMetadata" ("AccessionNumber");
 CREATE INDEX IF NOT EXISTS "idx_patient_name" ON "Patient" ("PatientName");
 CREATE INDEX IF NOT EXISTS "idx_patient_sex" ON "Patient" ("PatientSex");
+CREATE INDEX IF NOT EXISTS "idx_study_uid_hash" ON "Study" ("StudyInstanceUIDHash");
+CREATE INDEX IF NOT EXISTS "idx_series_uid_hash" ON "Series" ("SeriesInstanceUIDHash");
+CREATE INDEX IF NOT EXISTS "idx_slice_uid_hash" ON "SliceMetadata" ("SOPInstanceUIDHash");
 CREATE INDEX IF NOT EXISTS "idx_sourcefile_sop" ON "SourceFile" ("SOPInstanceUID");
 CREATE INDEX IF NOT EXISTS "idx_sourcefile_header" ON "SourceFile" ("Header");
 CREATE INDEX IF NOT EXISTS "idx_sourceheader_study" ON "SourceHeader" ("StudyInstanceUID");

@@ -29,7 +29,7 @@ from strawberry.http import GraphQLHTTPResponse
 from strawberry.schema import BaseSchema
 from strawberry.types import ExecutionResult
 
-from api.auth import AccessLevel, RequireToken, describe_tokens, principal_of
+from api.auth import RequireToken, describe_tokens, principal_of
 from api.db import Database
 from api.limits import timeout_error
 from api.loaders import Context, Loaders
@@ -123,7 +123,7 @@ class GraphQLApp(GraphQL[Context, None]):
 
     async def render_graphql_ide(self, request: Request) -> Response:
         principal = principal_of(request.scope, bool(self.settings.tokens))
-        deidentified = principal is not None and principal.level is AccessLevel.DEIDENTIFIED
+        deidentified = principal is not None and not principal.level.full
         query = DEIDENTIFIED_DEFAULT_QUERY if deidentified else DEFAULT_QUERY
         return HTMLResponse(with_default_query(self.graphql_ide_html, query))
 
@@ -206,7 +206,7 @@ def _log_access_settings(settings: Settings, pseudonyms: Pseudonyms) -> None:
         log.info("authentication required; tokens: %s", describe_tokens(settings.tokens))
     else:
         log.info("no tokens configured: every request has full access")
-    deidentified = any(t.level is AccessLevel.DEIDENTIFIED for t in settings.tokens)
+    deidentified = any(not t.level.full for t in settings.tokens)
     if deidentified and not pseudonyms.configured:
         log.warning(
             "no pseudonym key configured (DICOM_API_PSEUDONYM_KEY or DICOM_API_PSEUDONYM_KEY_FILE): the pseudonyms "

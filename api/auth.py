@@ -1,4 +1,4 @@
-"""Bearer-token authentication and the two access levels.
+"""Bearer-token authentication and access levels.
 
 Tokens come from DICOM_API_TOKENS (`TOKEN:LEVEL[:NAME]`, comma-separated) and/or the file named by
 DICOM_API_TOKENS_FILE (one `TOKEN LEVEL [NAME]` per line). When any is configured, every request to /graphql
@@ -6,13 +6,17 @@ DICOM_API_TOKENS_FILE (one `TOKEN LEVEL [NAME]` per line). When any is configure
 layer sees it. Without tokens there is no authentication, and `check_bind` keeps the server on loopback unless
 told that a remote, unauthenticated listener is intended.
 
+Levels: `full` (every column as stored) and `deidentified` (DICOM PS3.15's Basic Profile with the options Retain
+Longitudinal Temporal Information with Modified Dates, Retain Patient Characteristics and Retain Device
+Identity); a tokens file may declare more, `level NAME OPTION...` (options as named by `api.columns.Option`),
+for its own tokens. `api.masking` applies a level's profile.
+
 A token's value is a secret: it is compared in constant time, and no message, log line or repr shows it; a bad
 entry is named by its source and position, or by its NAME.
 """
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import hmac
 import ipaddress
@@ -21,10 +25,12 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.columns import Option
 
 if TYPE_CHECKING:
     from api.settings import Settings
@@ -39,9 +45,40 @@ REALM = "dicom-db"
 PRINCIPAL_KEY = "dicom_api.principal"  # where the authenticated principal is kept in the ASGI scope's state
 
 
-class AccessLevel(enum.Enum):
-    FULL = "full"  # every column as stored
-    DEIDENTIFIED = "deidentified"  # person-identifying columns masked (api.masking)
+@dataclass(frozen=True, slots=True)
+class AccessLevel:
+    """`full`, or PS3.15's Basic Profile with `options` (api.masking applies it)."""
+
+    name: str
+    options: frozenset[Option] = frozenset()
+    full: bool = False
+
+    FULL: ClassVar[AccessLevel]
+    DEIDENTIFIED: ClassVar[AccessLevel]
+
+    @property
+    def value(self) -> str:
+        return self.name
+
+    @property
+    def may_read_files(self) -> bool:
+        """File paths and contents (Slice.file, /files/, thumbnails) identify: only `full` reads them."""
+        return self.full
+
+
+AccessLevel.FULL = AccessLevel("full", full=True)
+AccessLevel.DEIDENTIFIED = AccessLevel(
+    "deidentified",
+    frozenset(
+        {
+            Option.RETAIN_LONGITUDINAL_MODIFIED_DATES,
+            Option.RETAIN_PATIENT_CHARACTERISTICS,
+            Option.RETAIN_DEVICE_IDENTITY,
+        }
+    ),
+)
+BUILTIN_LEVELS = {level.name: level for level in (AccessLevel.FULL, AccessLevel.DEIDENTIFIED)}
+_LEVEL_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
 
 class TokenError(ValueError):
@@ -66,7 +103,7 @@ class Principal:
 ANONYMOUS = Principal("anonymous", AccessLevel.FULL)  # no tokens configured: a local, single-user server
 
 
-def _token(secret: str, level: str, name: str, where: str) -> Token:
+def _token(secret: str, level: str, name: str, where: str, levels: dict[str, AccessLevel] = BUILTIN_LEVELS) -> Token:
     if not _TOKEN.fullmatch(secret):
         raise TokenError(f"{where}: a token may hold only letters, digits and -._~+/ (and = at its end)")
     if len(secret) < MIN_TOKEN_LENGTH:
@@ -74,11 +111,27 @@ def _token(secret: str, level: str, name: str, where: str) -> Token:
             f"{where}: the token is too short ({len(secret)} characters, at least {MIN_TOKEN_LENGTH}); make one "
             "with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )
-    try:
-        access = AccessLevel(level.strip().lower())
-    except ValueError:
-        raise TokenError(f"{where}: unknown access level {level.strip()!r}; use full or deidentified") from None
+    access = levels.get(level.strip().lower())
+    if access is None:
+        known = ", ".join(levels)
+        raise TokenError(f"{where}: unknown access level {level.strip()!r}; use one of {known}") from None
     return Token(secret, access, name.strip() or where)
+
+
+def _level(parts: list[str], levels: dict[str, AccessLevel], where: str) -> AccessLevel:
+    """`level NAME OPTION...`: the Basic Profile with those options (comma- or space-separated)."""
+    if len(parts) < 2 or not _LEVEL_NAME.fullmatch(parts[1]):
+        raise TokenError(f"{where}: expected level NAME OPTION... with NAME of lower-case letters, digits, - and _")
+    if parts[1] in levels:
+        raise TokenError(f"{where}: the level {parts[1]!r} is already defined")
+    options = set()
+    for word in " ".join(parts[2:]).replace(",", " ").split():
+        try:
+            options.add(Option(word.lower()))
+        except ValueError:
+            known = ", ".join(o.value for o in Option)
+            raise TokenError(f"{where}: unknown option {word!r}; options: {known}") from None
+    return AccessLevel(parts[1], frozenset(options))
 
 
 def parse_tokens(text: str, source: str = "DICOM_API_TOKENS") -> list[Token]:
@@ -96,21 +149,29 @@ def parse_tokens(text: str, source: str = "DICOM_API_TOKENS") -> list[Token]:
 
 
 def read_tokens_file(path: Path) -> list[Token]:
-    """One `TOKEN LEVEL [NAME]` per line; blank lines and lines starting with # are ignored."""
+    """One `TOKEN LEVEL [NAME]` per line, or `level NAME OPTION...` declaring a level for the file's tokens
+    (anywhere in the file); blank lines and lines starting with # are ignored."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or type(exc).__name__
         raise TokenError(f"cannot read the tokens file {path}: {reason}") from None
-    tokens = []
+    levels = dict(BUILTIN_LEVELS)
+    entries = []
     for number, line in enumerate(lines, start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        parts = line.split(None, 2)
         where = f"tokens file {path} line {number}"
+        if line.split()[0] == "level":  # never a token: tokens are at least 16 characters long
+            level = _level(line.split(), levels, where)
+            levels[level.name] = level
+        else:
+            entries.append((line.split(None, 2), where))
+    tokens = []
+    for parts, where in entries:
         if len(parts) < 2:
             raise TokenError(f"{where}: expected TOKEN LEVEL [NAME]")
-        tokens.append(_token(parts[0], parts[1], parts[2] if len(parts) > 2 else "", where))
+        tokens.append(_token(parts[0], parts[1], parts[2] if len(parts) > 2 else "", where, levels))
     return tokens
 
 

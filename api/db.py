@@ -28,9 +28,9 @@ from databases.core import Connection
 
 from api.columns import TABLES, Kind, Table
 from api.errors import DatabaseBusy, DatabaseUnavailable, UnsupportedDatabaseURL
-from api.masking import Pseudonyms
+from api.masking import UID_HASHES, Pseudonyms, uid_hash
 from api.pagination import PageSpec, after_branches, order_exprs, order_sql
-from api.sql import POSTGRES, SQLITE, TRUE, Dialect, Fragment, json_list, q, value_expr
+from api.sql import POSTGRES, SQLITE, TRUE, Dialect, Fragment, json_list, patient_expr, q, shifted_expr, value_expr
 
 log = logging.getLogger("dicom_api.db")
 
@@ -109,13 +109,20 @@ class Database:
                 # Unicode lower-casing for `match` (SQLite's LIKE folds ASCII only); see api.sql.Dialect.ilike.
                 await raw.create_function("dicom_lower", 1, _lower, deterministic=True)
                 await raw.create_function("dicom_pseudonym", 1, self.pseudonyms, deterministic=True)
+                await raw.create_function("dicom_shift_date", 2, self.pseudonyms.shift_date, deterministic=True)
+                await raw.create_function("dicom_uid_hash", 1, uid_hash, deterministic=True)
                 await raw.set_authorizer(_no_attach)
             else:
                 ipad, opad = self.pseudonyms.pads()
+                date_ipad, date_opad = self.pseudonyms.date_pads()
                 await raw.execute(
-                    "SELECT set_config('dicom_api.hmac_ipad', $1, false), set_config('dicom_api.hmac_opad', $2, false)",
+                    "SELECT set_config('dicom_api.hmac_ipad', $1, false), "
+                    "set_config('dicom_api.hmac_opad', $2, false), "
+                    "set_config('dicom_api.date_ipad', $3, false), set_config('dicom_api.date_opad', $4, false)",
                     ipad.hex(),
                     opad.hex(),
+                    date_ipad.hex(),
+                    date_opad.hex(),
                 )
         except BaseException:
             await self._close(connection)
@@ -147,6 +154,28 @@ class Database:
                     f"{_safe_url(self.url)} does not hold the dicom-db tables (run dicom-ingest first): "
                     f"{_describe(exc)}"
                 ) from exc
+        await self._check_uid_hashes()
+
+    async def _check_uid_hashes(self) -> None:
+        """Whether the UID digests are stored (a database ingested before they were is served without them)."""
+        if self.dialect is SQLITE:
+            sql = "SELECT name FROM pragma_table_info(:t)"
+        else:
+            sql = (
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = :t"
+            )
+        stored = True
+        for table, (_, digest) in UID_HASHES.items():
+            names = {row[0] for row in await self._one_off(sql, {"t": table}, counted=False)}
+            stored = stored and digest in names
+        self.pseudonyms.stored_digests = stored
+        if not stored:
+            log.warning(
+                "%s has no UID digests (ingested by an earlier dicom-ingest): de-identified lookups by UID scan "
+                "whole tables until dicom-ingest runs on it again",
+                _safe_url(self.url),
+            )
 
     async def ping(self) -> None:
         await self.fetch("SELECT 1")
@@ -268,13 +297,20 @@ class Database:
     # Named queries. Rows come back as tuples: the table's `select` columns first, extras after.
 
     async def rows_by_keys(
-        self, table: Table, column: str, keys: Sequence[Any], *, pseudonym: bool = False
+        self, table: Table, column: str, keys: Sequence[Any], *, mode: str = "", with_patient: bool = False
     ) -> list[tuple[Any, ...]]:
-        """Rows whose `column` (or, with `pseudonym`, its pseudonym: a scan, not an index seek) is in `keys`."""
-        kind = Kind.INT if table.by_name[column].kind is Kind.INT else Kind.STRING
+        """Rows whose `column` is in `keys`; `mode` "pseudonym": whose pseudonym is (a scan, not an index seek),
+        "digest": whose UID digest is (an index seek on the stored digest). With `with_patient` each row also
+        holds its patient's ID, after the columns."""
+        kind = Kind.INT if column in table.by_name and table.by_name[column].kind is Kind.INT else Kind.STRING
         expr = f"t0.{q(column)}"
-        member = self.dialect.in_values(self.dialect.pseudonym(expr) if pseudonym else expr, ":keys", kind)
-        sql = f"SELECT {_select(table)} FROM {q(table.name)} t0 WHERE {member}"
+        if mode == "pseudonym":
+            expr = self.dialect.pseudonym(expr)
+        elif mode == "digest":
+            uid, digest = UID_HASHES[table.name]
+            expr = f"t0.{q(digest)}" if self.pseudonyms.stored_digests else self.dialect.uid_hash(f"t0.{q(uid)}")
+        member = self.dialect.in_values(expr, ":keys", kind)
+        sql = f"SELECT {_select(table, with_patient)} FROM {q(table.name)} t0 WHERE {member}"
         return await self.fetch(sql, {"keys": json_list(keys)})
 
     async def page(self, spec: PageSpec) -> list[tuple[Any, ...]]:
@@ -282,7 +318,7 @@ class Database:
         table = TABLES[spec.table]
         exprs = order_exprs(table, spec.order, "t0", self.dialect)
         order = order_sql(table, spec.order, "t0", self.dialect)
-        select = f"SELECT {_select(table)}, {', '.join(exprs)} FROM {q(table.name)} t0"
+        select = f"SELECT {_select(table, spec.with_patient)}, {', '.join(exprs)} FROM {q(table.name)} t0"
         values = {**spec.where.values, "limit": spec.limit + 1}
         branches = self._after(table, spec)
         if len(branches) <= 1:
@@ -296,7 +332,7 @@ class Database:
             parts.append(
                 f"SELECT * FROM ({select} WHERE {_and(spec.where.sql, branch.sql)} ORDER BY {order} LIMIT :limit) _b"
             )
-        width = len(table.select)
+        width = len(table.select) + spec.with_patient
         outer = ", ".join(
             f"{width + i + 1} {'DESC' if key.descending else 'ASC'} NULLS LAST" for i, key in enumerate(spec.order)
         )
@@ -312,11 +348,12 @@ class Database:
         exprs = order_exprs(table, spec.order, "t0", self.dialect)
         extra = ", ".join(f"{e} AS _o{i}" for i, e in enumerate(exprs))
         inner = (
-            f"SELECT {_select(table)}, {extra}, t0.{q(fk)} AS _parent, ROW_NUMBER() OVER "
+            f"SELECT {_select(table, spec.with_patient)}, {extra}, t0.{q(fk)} AS _parent, ROW_NUMBER() OVER "
             f"(PARTITION BY t0.{q(fk)} ORDER BY {order_sql(table, spec.order, 't0', self.dialect)}) AS _rn "
             f"FROM {q(table.name)} t0 WHERE {member} AND {where}"
         )
-        outer = ", ".join([*(f"_page.{q(c)}" for c in table.select), *(f"_page._o{i}" for i in range(len(exprs)))])
+        columns = [*(f"_page.{q(c)}" for c in table.select), *(["_page._patient"] if spec.with_patient else [])]
+        outer = ", ".join([*columns, *(f"_page._o{i}" for i in range(len(exprs)))])
         sql = (
             f"SELECT {outer}, _page._parent FROM ({inner}) _page "
             "WHERE _page._rn <= :limit ORDER BY _page._parent, _page._rn"
@@ -334,32 +371,46 @@ class Database:
         return {parent: int(n) for parent, n in rows}
 
     async def groups(
-        self, table: Table, where: Fragment, column: str, date_part: str | None, limit: int
+        self, table: Table, where: Fragment, column: str, date_part: str | None, limit: int, view: str = ""
     ) -> list[tuple[Any, int]]:
-        """(value, count) over the filtered set, most frequent first, then by value (nulls last)."""
-        value = self._group_expr(table, column, date_part)
+        """(value, count) over the filtered set, most frequent first, then by value (nulls last). `view`:
+        "shifted" groups dates as shifted, "keyed" breaks ties by a keyed hash of the value (for values the
+        client sees as pseudonyms, whose stored order must not show)."""
+        value = self._group_expr(table, column, date_part, view)
+        tie = self.dialect.pseudonym(value) if view == "keyed" else value
         sql = (
             f"SELECT {value}, COUNT(*) FROM {q(table.name)} t0 WHERE {where.sql} GROUP BY 1 "
-            f"ORDER BY COUNT(*) DESC, ({value}) IS NULL, {value} LIMIT :limit"
+            f"ORDER BY COUNT(*) DESC, ({value}) IS NULL, {tie} LIMIT :limit"
         )
         rows = await self.fetch(sql, {**where.values, "limit": limit})
         return [(v, int(n)) for v, n in rows]
 
     async def groups_by_parent(
-        self, table: Table, where: Fragment, column: str, date_part: str | None, fk: str, parents: Sequence[Any]
+        self,
+        table: Table,
+        where: Fragment,
+        column: str,
+        date_part: str | None,
+        fk: str,
+        parents: Sequence[Any],
+        view: str = "",
     ) -> list[tuple[Any, Any, int]]:
         """(parent, value, count) for all parents, each parent's groups in the order of `groups`."""
-        value = self._group_expr(table, column, date_part)
+        value = self._group_expr(table, column, date_part, view)
+        tie = self.dialect.pseudonym(value) if view == "keyed" else value
         member = self.dialect.in_values(f"t0.{q(fk)}", ":parents", Kind.STRING)
         sql = (
             f"SELECT t0.{q(fk)}, {value}, COUNT(*) FROM {q(table.name)} t0 WHERE {member} AND {where.sql} "
-            f"GROUP BY 1, 2 ORDER BY 1, COUNT(*) DESC, ({value}) IS NULL, {value}"
+            f"GROUP BY 1, 2 ORDER BY 1, COUNT(*) DESC, ({value}) IS NULL, {tie}"
         )
         rows = await self.fetch(sql, {**where.values, "parents": json_list(parents)})
         return [(p, v, int(n)) for p, v, n in rows]
 
-    def _group_expr(self, table: Table, column: str, date_part: str | None) -> str:
-        expr = value_expr(table.by_name[column], "t0", self.dialect)
+    def _group_expr(self, table: Table, column: str, date_part: str | None, view: str = "") -> str:
+        if view == "shifted":
+            expr = shifted_expr(table, table.by_name[column], "t0", self.dialect)
+        else:
+            expr = value_expr(table.by_name[column], "t0", self.dialect)
         if date_part is None:
             return expr
         return f"(CASE WHEN {self.dialect.is_iso_date(expr)} THEN substr({expr}, 1, {DATE_PARTS[date_part]}) END)"
@@ -439,8 +490,9 @@ def _and(a: str, b: str) -> str:
     return a if b == TRUE else f"({a}) AND ({b})"
 
 
-def _select(table: Table) -> str:
-    return ", ".join(f"t0.{q(c)}" for c in table.select)
+def _select(table: Table, with_patient: bool = False) -> str:
+    columns = ", ".join(f"t0.{q(c)}" for c in table.select)
+    return f"{columns}, {patient_expr(table, 't0')} AS _patient" if with_patient else columns
 
 
 def _no_attach(action: int, arg1: str | None, arg2: str | None, db_name: str | None, source: str | None) -> int:

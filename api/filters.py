@@ -11,6 +11,9 @@ Semantics, the same on SQLite and PostgreSQL:
   stored text that is not a date);
 - parent filters (`study: {...}`) keep rows whose parent matches; `some`/`none` keep rows with at least one /
   no child that matches.
+
+For a de-identifying access level (api.masking) dates compare shifted, as the level sees them, and a UID column
+compares pseudonyms: each pseudonym is deciphered into the UID's digest, which the database has indexed.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from strawberry import UNSET
 
 from api.columns import TABLES, Column, Kind, Table
 from api.errors import ForbiddenError, UserInputError
-from api.masking import FULL, Access
-from api.sql import FALSE, TRUE, Dialect, Fragment, Params, json_list, q, value_expr
+from api.masking import FULL, UID_DIGEST_OF, UID_OPERATORS, Access, Treatment
+from api.sql import FALSE, TRUE, Dialect, Fragment, Params, json_list, q, shifted_expr, value_expr
 
 
 def given(value: Any) -> bool:
@@ -66,6 +69,7 @@ _OPS_BY_KIND: dict[Kind, tuple[str, ...]] = {
 
 
 MAX_MATCH_LENGTH = 10_000
+_UID_COLUMNS = {holder: (uid, digest) for holder, uid, digest in UID_DIGEST_OF.values()}
 
 
 def like_pattern(wildcards: str) -> str:
@@ -80,6 +84,7 @@ class _Compiler:
         self.params = params
         self.access = access
         self.aliases = 0
+        self.valid_dates: set[str] = set()  # expressions that hold an ISO date or NULL, never other text
 
     def _alias(self) -> str:
         self.aliases += 1
@@ -90,9 +95,17 @@ class _Compiler:
         for column in table.columns:
             value = getattr(where, column.attr, None)
             if given(value):
-                if self.access.forbids(column):  # api.limits refuses this before execution; kept as a backstop
+                if self.access.forbids(column, table):  # api.limits refuses this before execution; a backstop
                     raise ForbiddenError(f"de-identified access cannot filter on {table.type_name}.{column.field_name}")
-                parts.append(self.column_filter(column, value, alias))
+                how = self.access.treatment(table, column)
+                if how is Treatment.UID:
+                    parts.append(self.uid_filter(table, column, value, alias))
+                elif how is Treatment.SHIFTED:
+                    expr = shifted_expr(table, column, alias, self.dialect)
+                    self.valid_dates.add(expr)
+                    parts.append(self.column_filter(column, value, alias, expr))
+                else:
+                    parts.append(self.column_filter(column, value, alias))
         if table.parent is not None:
             parent_where = getattr(where, table.parent.attr, None)
             if given(parent_where):
@@ -139,8 +152,8 @@ class _Compiler:
             parts.append(f"{alias}.{q(table.key)} {'NOT IN' if negate else 'IN'} ({subquery})")
         return parts
 
-    def column_filter(self, column: Column, filt: Any, alias: str) -> str:
-        expr = value_expr(column, alias, self.dialect)
+    def column_filter(self, column: Column, filt: Any, alias: str, expr: str | None = None) -> str:
+        expr = expr or value_expr(column, alias, self.dialect)
         parts = []
         for op in _OPS_BY_KIND[column.kind]:
             value = getattr(filt, op, None)
@@ -148,13 +161,59 @@ class _Compiler:
                 parts.append(_OPERATORS[op](self, column, expr, value))
         return " AND ".join(f"({p})" for p in parts) if parts else TRUE
 
+    def uid_filter(self, table: Table, column: Column, filt: Any, alias: str) -> str:
+        """A UID column compared by pseudonym: rows whose UID's digest is that of the pseudonym. A pseudonym that
+        is not one of ours matches nothing; substring operators would compare the real UIDs, so they are refused."""
+        used = {op for op in _STRING_OPS if given(getattr(filt, op, None))}
+        if used - UID_OPERATORS:
+            raise ForbiddenError(
+                f"de-identified access compares {table.type_name}.{column.field_name} (a pseudonymous UID) with "
+                "eq, ne, in, notIn and isNull only"
+            )
+        keys = self.access.pseudonyms
+        assert keys is not None
+        expr = f"{alias}.{q(column.name)}"
+        holder_name, uid, _ = UID_DIGEST_OF[(table.name, column.name)]
+        holder = TABLES[holder_name]
+
+        def member(pseudonyms: list[str]) -> str:
+            digests = [d for d in map(keys.uid_digest, pseudonyms) if d is not None]
+            if not digests:
+                return FALSE
+            param = self.params.add(json_list(digests))
+            if holder is table:  # the row's own UID: its digest column
+                return self.dialect.in_values(self._digest_expr(holder, alias), param, Kind.STRING)
+            sub = self._alias()
+            found = self.dialect.in_values(self._digest_expr(holder, sub), param, Kind.STRING)
+            return f"{expr} IN (SELECT {sub}.{q(uid)} FROM {q(holder.name)} {sub} WHERE {found})"
+
+        parts = []
+        if given(filt.eq):
+            parts.append(member([filt.eq]))
+        if given(filt.ne):
+            parts.append(f"NOT COALESCE(({member([filt.ne])}), {FALSE}) OR {expr} IS NULL")
+        if given(filt.in_):
+            parts.append(member(filt.in_))
+        if given(filt.not_in):
+            parts.append(f"NOT COALESCE(({member(filt.not_in)}), {FALSE}) OR {expr} IS NULL")
+        if given(filt.is_null):
+            parts.append(f"{expr} IS NULL" if filt.is_null else f"{expr} IS NOT NULL")
+        return " AND ".join(f"({p})" for p in parts) if parts else TRUE
+
+    def _digest_expr(self, table: Table, alias: str) -> str:
+        uid, digest = _UID_COLUMNS[table.name]
+        assert self.access.pseudonyms is not None
+        if self.access.pseudonyms.stored_digests:
+            return f"{alias}.{q(digest)}"
+        return self.dialect.uid_hash(f"{alias}.{q(uid)}")  # a database older than the digests: a scan
+
     # Operators (dispatched through _OPERATORS): each returns a condition with its value bound.
 
     def op_compare(self, op: str, column: Column, expr: str, value: Any) -> str:
         if column.kind is Kind.DATE:
             value = _iso(value)
         sql = _COMPARE[op].format(e=expr, p=self.params.add(value))
-        if column.kind is Kind.DATE and op != "eq":
+        if column.kind is Kind.DATE and op != "eq" and expr not in self.valid_dates:
             sql = f"({sql}) AND {self.dialect.is_iso_date(expr)}"
         return sql
 

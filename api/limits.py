@@ -380,8 +380,16 @@ class Budget:
         for key, item in value.items():
             if where is not None:
                 column = _column_by_field(where, key)
-                if column is not None and self.access.forbids(column):
+                if column is not None and self.access.forbids(column, where):
                     self._forbid(f"De-identified access cannot filter on {where.type_name}.{key}.", node)
+                elif (
+                    column is not None and isinstance(item, dict) and self.access.refuses_operators(where, column, item)
+                ):
+                    self._forbid(
+                        f"De-identified access compares {where.type_name}.{key} (a pseudonymous UID) with eq, ne, "
+                        "in, notIn and isNull only.",
+                        node,
+                    )
             field = nullable.fields.get(key)
             if field is not None:
                 self._check_value(field.type, item, node)

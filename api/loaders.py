@@ -18,7 +18,7 @@ from strawberry.dataloader import DataLoader
 
 from api.columns import TABLES, Table
 from api.db import Database
-from api.masking import FULL, Access
+from api.masking import FULL, UID_HASHES, Access, uid_hash
 from api.pagination import Page, PageSpec
 from api.sql import Fragment
 
@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
     from api.settings import Settings
 
-RowKey = tuple[str, str, Any] | tuple[str, str, Any, bool]  # (table, column, value[, by the column's pseudonym])
+# (table, column, value, mode, with the patient's ID): mode "" finds `column` = value, "pseudonym" its pseudonym
+# (PatientID), "digest" the UID digest (value: a digest) of a pseudonymous UID; see Database.rows_by_keys.
+RowKey = tuple[str, str, Any, str, bool]
 PageKey = tuple[PageSpec, Any]  # (spec, parent key or None for a root connection)
 CountKey = tuple[str, Fragment, Any]  # (table, where, parent key or None)
 
@@ -40,6 +42,11 @@ class GroupSpec:
     column: str
     date_part: str | None
     limit: int
+    view: str = ""  # "shifted" or "keyed" (Database.groups)
+
+
+def row_key(table: Table, column: str, value: Any, access: Access = FULL, mode: str = "") -> RowKey:
+    return (table.name, column, value, mode, access.needs_patient(table))
 
 
 GroupKey = tuple[GroupSpec, Any]
@@ -57,15 +64,19 @@ class Loaders:
         self.groups: DataLoader[GroupKey, list[tuple[Any, int]]] = DataLoader(self._load_groups)
 
     async def _load_rows(self, keys: list[RowKey]) -> list[Any]:
-        wanted: dict[tuple[str, str, bool], set[Any]] = defaultdict(set)
+        wanted: dict[tuple[str, str, str, bool], set[Any]] = defaultdict(set)
         for key in keys:
             wanted[_row_group(key)].add(key[2])
 
-        async def fetch(table_name: str, column: str, pseudonym: bool, values: set[Any]) -> dict[Any, Any]:
+        async def fetch(table_name: str, column: str, mode: str, patient: bool, values: set[Any]) -> dict[Any, Any]:
             table = TABLES[table_name]
-            index = table.select.index(column)
-            rows = await self.db.rows_by_keys(table, column, sorted(values), pseudonym=pseudonym)
-            key_of = self.db.pseudonyms if pseudonym else _identity
+            rows = await self.db.rows_by_keys(table, column, sorted(values), mode=mode, with_patient=patient)
+            if mode == "digest":
+                index = table.select.index(UID_HASHES[table.name][0])
+                key_of: Callable[[Any], Any] = uid_hash
+            else:
+                index = table.select.index(column)
+                key_of = self.db.pseudonyms if mode == "pseudonym" else _identity
             return {key_of(row[index]): self.make_node(table, row) for row in rows}
 
         found = await _gather({k: fetch(*k, v) for k, v in wanted.items()})
@@ -80,7 +91,7 @@ class Loaders:
 
     async def _fetch_pages(self, spec: PageSpec, parents: list[Any]) -> dict[Any, Page]:
         table = TABLES[spec.table]
-        width = len(table.select)
+        width = len(table.select) + spec.with_patient
         depth = len(spec.order)
         grouped: dict[Any, list[tuple[Any, ...]]] = {p: [] for p in parents}
         nested = sorted(p for p in grouped if p is not None)
@@ -132,11 +143,13 @@ class Loaders:
             grouped: dict[Any, list[tuple[Any, int]]] = defaultdict(list)
             nested = sorted({p for p in ps if p is not None})
             if None in ps:
-                grouped[None] = await self.db.groups(table, spec.where, spec.column, spec.date_part, spec.limit)
+                grouped[None] = await self.db.groups(
+                    table, spec.where, spec.column, spec.date_part, spec.limit, spec.view
+                )
             if nested:
                 assert table.parent is not None
                 rows = await self.db.groups_by_parent(
-                    table, spec.where, spec.column, spec.date_part, table.parent.fk, nested
+                    table, spec.where, spec.column, spec.date_part, table.parent.fk, nested, spec.view
                 )
                 for parent, value, count in rows:
                     if len(grouped[parent]) < spec.limit:
@@ -147,8 +160,8 @@ class Loaders:
         return [results[spec].get(parent, []) for spec, parent in keys]
 
 
-def _row_group(key: RowKey) -> tuple[str, str, bool]:
-    return (key[0], key[1], len(key) > 3 and bool(key[3]))  # type: ignore[misc]
+def _row_group(key: RowKey) -> tuple[str, str, str, bool]:
+    return (key[0], key[1], key[3], key[4])
 
 
 def _identity(value: Any) -> Any:

@@ -19,8 +19,8 @@ from typing import Any
 
 from api.columns import Column, Kind, Table
 from api.errors import ForbiddenError, UserInputError
-from api.masking import FULL, PSEUDONYMISED, Access
-from api.sql import FALSE, Dialect, Fragment, Params, value_expr
+from api.masking import FULL, Access, Treatment
+from api.sql import FALSE, Dialect, Fragment, Params, shifted_expr, value_expr
 
 CURSOR_VERSION = "c1"
 
@@ -29,7 +29,8 @@ CURSOR_VERSION = "c1"
 class OrderKey:
     column: str  # stored column name (api.columns)
     descending: bool = False
-    pseudonym: bool = False  # ordered by the column's pseudonym (de-identified access to a PatientID key)
+    pseudonym: bool = False  # ordered by a keyed hash of the column (de-identified access to IDs and UIDs)
+    shifted: bool = False  # ordered by the date as shifted for de-identified access
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,7 @@ class PageSpec:
     order: tuple[OrderKey, ...]
     limit: int
     after: tuple[Any, ...] | None = None
+    with_patient: bool = False  # rows also hold their patient's ID (api.masking.Access.needs_patient)
 
     @property
     def fingerprint(self) -> str:
@@ -60,8 +62,11 @@ class Page:
 
 
 def fingerprint(order: Sequence[OrderKey]) -> str:
-    # A pseudonym key is marked, so that a cursor made for one access level is refused by the other.
-    return ",".join(("-" if k.descending else "+") + ("~" if k.pseudonym else "") + k.column for k in order)
+    # Keyed and shifted keys are marked, so that a cursor made for one access level is refused by the other.
+    return ",".join(
+        ("-" if k.descending else "+") + ("~" if k.pseudonym else "") + ("@" if k.shifted else "") + k.column
+        for k in order
+    )
 
 
 def order_keys(
@@ -73,10 +78,11 @@ def order_keys(
     if order_by:
         for item in order_by:
             column = table.by_enum[item.field.value]
-            if access.forbids(column):  # api.limits refuses this before execution; kept here as a backstop
+            if access.forbids(column, table):  # api.limits refuses this before execution; kept here as a backstop
                 raise ForbiddenError(f"de-identified access cannot order by {column.enum}")
             # A null direction (sent explicitly) means the default, ascending.
-            keys.append(OrderKey(column.name, item.direction is not None and item.direction.value == "DESC"))
+            descending = item.direction is not None and item.direction.value == "DESC"
+            keys.append(_key(table, column, access, descending))
     elif nested:
         keys.extend(OrderKey(name) for name in table.nested_order)
     seen: set[str] = set()
@@ -87,7 +93,13 @@ def order_keys(
             unique.append(key)
         if key.column == table.key:  # the key is unique: later keys can never break a tie
             return tuple(unique)
-    return (*unique, OrderKey(table.key, pseudonym=access.deidentified and table.key in PSEUDONYMISED))
+    return (*unique, _key(table, table.key_column, access, False))
+
+
+def _key(table: Table, column: Column, access: Access, descending: bool) -> OrderKey:
+    how = access.treatment(table, column)
+    keyed = how in (Treatment.PSEUDONYM, Treatment.UID)
+    return OrderKey(column.name, descending, pseudonym=keyed, shifted=how is Treatment.SHIFTED)
 
 
 def page_size(first: int | None, default: int, maximum: int) -> int:
@@ -134,7 +146,10 @@ def _fits(column: Column, value: Any) -> bool:
 
 
 def key_expr(table: Table, key: OrderKey, alias: str, dialect: Dialect) -> str:
-    expr = value_expr(table.by_name[key.column], alias, dialect)
+    column = table.by_name[key.column]
+    if key.shifted:
+        return shifted_expr(table, column, alias, dialect)
+    expr = value_expr(column, alias, dialect)
     return dialect.pseudonym(expr) if key.pseudonym else expr
 
 

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import strawberry
 from graphql import GraphQLError
@@ -17,8 +18,10 @@ from strawberry.extensions.disable_introspection import DisableIntrospection
 from strawberry.types import ExecutionContext
 from strawberry.utils.logging import StrawberryLogger
 
-from api.columns import PATIENT, SERIES, SLICE, STUDY
+from api.columns import PATIENT, SERIES, SLICE, STUDY, Table
 from api.limits import QueryGuard, RowCounts
+from api.loaders import row_key
+from api.masking import Treatment
 from api.settings import Settings
 from api.types import (
     Ctx,
@@ -55,21 +58,22 @@ _CONNECTION_DOC = (
 class Query:
     @strawberry.field(description="A patient by PatientID (for a de-identified token: by its pseudonym).")
     async def patient(self, info: Ctx, patient_id: str) -> Patient | None:
+        access = info.context.access
         # De-identified access knows patients by pseudonym only: the real ID finds nothing.
-        by_pseudonym = info.context.access.deidentified
-        return await info.context.loaders.rows.load((PATIENT.name, PATIENT.key, patient_id, by_pseudonym))
+        mode = "pseudonym" if access.treatment(PATIENT, PATIENT.key_column) is Treatment.PSEUDONYM else ""
+        return await info.context.loaders.rows.load(row_key(PATIENT, PATIENT.key, patient_id, access, mode))
 
-    @strawberry.field(description="A study by StudyInstanceUID.")
+    @strawberry.field(description="A study by StudyInstanceUID (for a de-identified token: its pseudonymous UID).")
     async def study(self, info: Ctx, study_instance_uid: str) -> Study | None:
-        return await info.context.loaders.rows.load((STUDY.name, STUDY.key, study_instance_uid))
+        return await _by_uid(info, STUDY, STUDY.key, study_instance_uid)
 
-    @strawberry.field(description="A series by SeriesInstanceUID.")
+    @strawberry.field(description="A series by SeriesInstanceUID (for a de-identified token: its pseudonymous UID).")
     async def series(self, info: Ctx, series_instance_uid: str) -> Series | None:
-        return await info.context.loaders.rows.load((SERIES.name, SERIES.key, series_instance_uid))
+        return await _by_uid(info, SERIES, SERIES.key, series_instance_uid)
 
-    @strawberry.field(description="A slice by SOPInstanceUID.")
+    @strawberry.field(description="A slice by SOPInstanceUID (for a de-identified token: its pseudonymous UID).")
     async def slice(self, info: Ctx, sop_instance_uid: str) -> Slice | None:
-        return await info.context.loaders.rows.load((SLICE.name, "SOPInstanceUID", sop_instance_uid))
+        return await _by_uid(info, SLICE, "SOPInstanceUID", sop_instance_uid)
 
     @strawberry.field(description=_CONNECTION_DOC.format(what="patients"))
     def all_patients(
@@ -114,6 +118,19 @@ class Query:
         after: str | None = UNSET,
     ) -> SliceConnection:
         return SliceConnection(_spec=root_spec(info, SLICE, where, order_by, first, after), _parent=None)
+
+
+async def _by_uid(info: Ctx, table: Table, column: str, uid: str) -> Any:
+    """The row with this UID; a level that sees pseudonymous UIDs finds rows by pseudonym only (deciphered into
+    the UID's stored digest: an index seek), and the real UID finds nothing."""
+    access = info.context.access
+    if access.treatment(table, table.by_name[column]) is not Treatment.UID:
+        return await info.context.loaders.rows.load(row_key(table, column, uid, access))
+    assert access.pseudonyms is not None
+    digest = access.pseudonyms.uid_digest(uid)
+    if digest is None:
+        return None
+    return await info.context.loaders.rows.load(row_key(table, column, digest, access, "digest"))
 
 
 def unexpected(error: GraphQLError) -> bool:

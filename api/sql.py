@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from api.columns import Column, Kind
-from api.masking import PSEUDONYM_DIGITS, PSEUDONYM_PREFIX
+from api.columns import Column, Kind, Table
+from api.masking import MAX_SHIFT_DAYS, PSEUDONYM_DIGITS, PSEUDONYM_PREFIX
 
 FALSE = "1 = 0"
 TRUE = "1 = 1"
@@ -75,6 +75,15 @@ class Dialect:
         """`api.masking.Pseudonyms` of `expr`, computed by the database (registered on each connection)."""
         return f"dicom_pseudonym({expr})"
 
+    def shift_date(self, expr: str, patient: str) -> str:
+        """`api.masking.Pseudonyms.shift_date`: the ISO date `expr` moved by the offset of patient `patient`,
+        NULL for anything else (a registered function on SQLite)."""
+        return f"dicom_shift_date({expr}, {patient})"
+
+    def uid_hash(self, expr: str) -> str:
+        """`api.masking.uid_hash` (what the ingest stores), for databases made before it stored it."""
+        return f"dicom_uid_hash({expr})"
+
     def int_text(self, expr: str) -> str:
         """The integer in a TEXT column holding a DICOM IS value, NULL when it is not one (as api.columns)."""
         t = f"trim({expr})"
@@ -112,6 +121,20 @@ class PostgresDialect(Dialect):
         outer = f"sha256(decode(current_setting('dicom_api.hmac_opad'), 'hex') || {inner})"
         return f"('{PSEUDONYM_PREFIX}' || substr(encode({outer}, 'hex'), 1, {PSEUDONYM_DIGITS}))"
 
+    def shift_date(self, expr: str, patient: str) -> str:
+        # The offset as api.masking computes it, from HMAC-SHA256(date key, PatientID): n = its first 32 bits,
+        # sign from n's lowest bit, 1 + (n >> 1) % MAX_SHIFT_DAYS days. The padded date keys are session
+        # settings (api.db), like the pseudonym's.
+        inner = f"sha256(decode(current_setting('dicom_api.date_ipad'), 'hex') || convert_to({patient}, 'UTF8'))"
+        outer = f"sha256(decode(current_setting('dicom_api.date_opad'), 'hex') || {inner})"
+        n = f"CAST(CAST(('x' || substr(encode({outer}, 'hex'), 1, 8)) AS bit(32)) AS bigint)"
+        days = f"((CASE WHEN {n} % 2 = 1 THEN -1 ELSE 1 END) * (1 + ({n} / 2) % {MAX_SHIFT_DAYS}))"
+        shifted = f"to_char(CAST({expr} AS date) + CAST({days} AS integer), 'YYYY-MM-DD')"
+        return f"(CASE WHEN {self.is_iso_date(expr)} AND {patient} IS NOT NULL THEN {shifted} END)"
+
+    def uid_hash(self, expr: str) -> str:
+        return f"substr(encode(sha256(convert_to({expr}, 'UTF8')), 'hex'), 1, 32)"
+
     def int_text(self, expr: str) -> str:
         return f"(CASE WHEN {expr} ~ '^\\s*[+-]?[0-9]{{1,18}}\\s*$' THEN CAST(trim({expr}) AS BIGINT) END)"
 
@@ -128,3 +151,20 @@ def value_expr(column: Column, alias: str, dialect: Dialect) -> str:
     """The SQL expression a column is filtered, ordered and grouped by."""
     expr = f"{alias}.{q(column.value_column or column.name)}"
     return dialect.int_text(expr) if column.kind is Kind.INT_TEXT else expr
+
+
+def patient_expr(table: Table, alias: str) -> str:
+    """The PatientID of a row of `table` aliased `alias` (a correlated subquery below Study)."""
+    if table.name in ("Patient", "Study"):
+        return f"{alias}.{q('PatientID')}"
+    if table.name == "Series":
+        return f'(SELECT _st."PatientID" FROM "Study" _st WHERE _st."StudyInstanceUID" = {alias}."StudyInstanceUID")'
+    return (
+        '(SELECT _st."PatientID" FROM "Series" _se JOIN "Study" _st ON _st."StudyInstanceUID" = _se."StudyInstanceUID" '
+        f'WHERE _se."SeriesInstanceUID" = {alias}."SeriesInstanceUID")'
+    )
+
+
+def shifted_expr(table: Table, column: Column, alias: str, dialect: Dialect) -> str:
+    """A date column as a de-identified level sees it: moved by its patient's offset."""
+    return dialect.shift_date(value_expr(column, alias, dialect), patient_expr(table, alias))

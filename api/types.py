@@ -22,8 +22,8 @@ from strawberry.types import Info
 from api.columns import PATIENT, SERIES, SLICE, STUDY, TABLES, Kind, Table, row_reader
 from api.errors import ForbiddenError, NotFoundError, UserInputError
 from api.filters import compile_where
-from api.loaders import Context, GroupSpec
-from api.masking import FULL, Access
+from api.loaders import Context, GroupSpec, row_key
+from api.masking import FULL, Access, Treatment
 from api.pagination import Page, PageSpec, decode_cursor, order_keys, page_size
 from api.sql import TRUE, Fragment
 
@@ -323,14 +323,21 @@ class Connection(Generic[NodeT]):
         column = table.by_enum[field.value]
         date_part = None if date_part is UNSET else date_part
         first = None if first is UNSET else first
-        if info.context.access.forbids(column):  # api.limits refuses this before execution; kept as a backstop
+        access = info.context.access
+        if access.forbids(column, table):  # api.limits refuses this before execution; kept as a backstop
             raise ForbiddenError(f"de-identified access cannot group by {field.value}")
         if date_part is not None and column.kind is not Kind.DATE:
             raise UserInputError(f"`datePart` applies to date fields only, not {field.value}")
         limit = page_size(first, info.context.settings.max_page_size, info.context.settings.max_page_size)
-        spec = GroupSpec(table.name, self._spec.where, column.name, date_part.value if date_part else None, limit)
+        how = access.treatment(table, column)
+        view = {Treatment.SHIFTED: "shifted", Treatment.UID: "keyed"}.get(how, "")
+        part = date_part.value if date_part else None
+        spec = GroupSpec(table.name, self._spec.where, column.name, part, limit, view)
         groups = await info.context.loaders.groups.load((spec, self._parent))
         as_text = _bool_text if column.kind is Kind.BOOL else _value_text
+        if how is Treatment.UID:  # the client sees pseudonyms
+            assert access.pseudonyms is not None
+            return [GroupCount(value=access.pseudonyms.uid(value), count=count) for value, count in groups]
         return [GroupCount(value=as_text(value), count=count) for value, count in groups]
 
 
@@ -424,12 +431,12 @@ class Study:
 
     @strawberry.field(description="Number of series in this study.")
     async def series_count(self, info: Ctx) -> int:
-        return await info.context.loaders.counts.load((SERIES.name, _ALL, self.study_instance_uid))
+        return await info.context.loaders.counts.load((SERIES.name, _ALL, self._row[_STUDY_UID]))
 
     @strawberry.field(description="The distinct modalities of this study's series, sorted.")
     async def modalities(self, info: Ctx) -> list[str]:
         spec = GroupSpec(SERIES.name, _ALL, "Modality", None, info.context.settings.max_page_size)
-        groups = await info.context.loaders.groups.load((spec, self.study_instance_uid))
+        groups = await info.context.loaders.groups.load((spec, self._row[_STUDY_UID]))
         return sorted(str(value) for value, _ in groups if value is not None)
 
     @strawberry.field
@@ -442,7 +449,7 @@ class Study:
         after: str | None = UNSET,
     ) -> SeriesConnection:
         spec = _spec(info, SERIES, where, order_by, first, after, True)
-        return SeriesConnection(_spec=spec, _parent=self.study_instance_uid)
+        return SeriesConnection(_spec=spec, _parent=self._row[_STUDY_UID])
 
 
 @strawberry.type(description="A series (one row of the Series table; per-image values come from its first instance).")
@@ -483,11 +490,11 @@ class Series:
 
     @strawberry.field
     async def study(self, info: Ctx) -> Study:
-        return await _required(info, STUDY, self.study_instance_uid, "series", self.series_instance_uid)
+        return await _required(info, STUDY, self._row[_SERIES_STUDY_UID], "series", self.series_instance_uid)
 
     @strawberry.field(description="Number of slices (DICOM instances) in this series.")
     async def slice_count(self, info: Ctx) -> int:
-        return await info.context.loaders.counts.load((SLICE.name, _ALL, self.series_instance_uid))
+        return await info.context.loaders.counts.load((SLICE.name, _ALL, self._row[_SERIES_UID]))
 
     @strawberry.field(description="The series' slices, by default in slice-number order.")
     def slices(
@@ -499,7 +506,7 @@ class Series:
         after: str | None = UNSET,
     ) -> SliceConnection:
         spec = _spec(info, SLICE, where, order_by, first, after, True)
-        return SliceConnection(_spec=spec, _parent=self.series_instance_uid)
+        return SliceConnection(_spec=spec, _parent=self._row[_SERIES_UID])
 
 
 @strawberry.type(description="A slice: one DICOM instance (one row of the SliceMetadata table).")
@@ -529,7 +536,7 @@ class Slice:
 
     @strawberry.field
     async def series(self, info: Ctx) -> Series:
-        return await _required(info, SERIES, self.series_instance_uid, "slice", self.sop_instance_uid)
+        return await _required(info, SERIES, self._row[_SLICE_SERIES_UID], "slice", self.sop_instance_uid)
 
 
 @strawberry.type
@@ -573,9 +580,13 @@ class SliceConnection(Connection[Slice]):
 _ALL = Fragment(TRUE)
 _NODE_CLASSES: dict[str, type] = {"Patient": Patient, "Study": Study, "Series": Series, "SliceMetadata": Slice}
 _READERS = {name: row_reader(TABLES[name]) for name in _NODE_CLASSES}
-# Where relations find the stored (never the masked) PatientID.
+# Where relations find the stored keys (never the PatientID pseudonym or the pseudonymous UIDs shown).
 _PATIENT_ID = PATIENT.select.index("PatientID")
 _STUDY_PATIENT_ID = STUDY.select.index("PatientID")
+_STUDY_UID = STUDY.select.index("StudyInstanceUID")
+_SERIES_UID = SERIES.select.index("SeriesInstanceUID")
+_SERIES_STUDY_UID = SERIES.select.index("StudyInstanceUID")
+_SLICE_SERIES_UID = SLICE.select.index("SeriesInstanceUID")
 
 
 def make_node(table: Table, row: Sequence[Any], access: Access = FULL) -> Any:
@@ -586,7 +597,7 @@ def make_node(table: Table, row: Sequence[Any], access: Access = FULL) -> Any:
 
 
 async def _required(info: Ctx, table: Table, key: Any, child: str, child_key: str) -> Any:
-    node = await info.context.loaders.rows.load((table.name, table.key, key))
+    node = await info.context.loaders.rows.load(row_key(table, table.key, key, info.context.access))
     if node is None:
         # The missing key is not in the message: it may be a PatientID, which a de-identified token may not see.
         raise NotFoundError(f"{child} {child_key} points to a {table.type_name} that is not in the database")
@@ -639,6 +650,7 @@ def _compile_spec(
         order=order,
         limit=page_size(first, settings.default_page_size, settings.max_page_size),
         after=decode_cursor(table, after, order) if after is not None else None,
+        with_patient=access.needs_patient(table),
     )
 
 

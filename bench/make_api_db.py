@@ -33,7 +33,15 @@ import sys
 import time
 from pathlib import Path
 
-from ingest.db import PATIENT_FIELDS, SERIES_FIELDS, SLICE_FIELDS, STUDY_FIELDS, schema_statements
+from ingest.db import (
+    PATIENT_FIELDS,
+    SERIES_FIELDS,
+    SLICE_FIELDS,
+    STUDY_FIELDS,
+    UID_HASHES,
+    schema_statements,
+    uid_hash,
+)
 
 # Identifier columns that get the copy suffix, per table.
 RENAMED = {
@@ -58,6 +66,10 @@ def copy_sql(table: str, where: str, suffix: str | None) -> str:
         else f"src.{q(f)}"
         for f in fields
     ]
+    if table in UID_HASHES:  # the digest of the (suffixed) UID, as the ingest writes it
+        uid, digest = UID_HASHES[table]
+        fields = (*fields, digest)
+        exprs.append(f"dicom_uid_hash({exprs[fields.index(uid)]})")
     order = ' ORDER BY src."SliceID"' if table == "SliceMetadata" else ""
     return (
         f"INSERT INTO main.{q(table)} ({', '.join(q(f) for f in fields)}) "
@@ -81,6 +93,7 @@ def build(source: Path, out: Path, slices: int) -> dict[str, int]:
     if out.exists():
         raise SystemExit(f"{out} exists: remove it first")
     db = sqlite3.connect(f"file:{out}", uri=True, isolation_level=None)
+    db.create_function("dicom_uid_hash", 1, uid_hash, deterministic=True)
     try:
         statements = schema_statements("sqlite")
         tables = [s for s in statements if not s.upper().startswith("CREATE INDEX")]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -131,6 +132,19 @@ HEADER_FIELDS = ("Hash", "PatientID", "StudyInstanceUID", "Patient", "Study")
 SOURCE_ADDED = {"Inode": "BIGINT", "CtimeNs": "BIGINT", "Header": "TEXT", "ContentHash": "TEXT"}
 OWN_TABLES = {"Patient", "Study", "Series", "SliceMetadata", "SourceFile", "SourceHeader"}
 
+# Per table: the UID column and the column holding its digest (`uid_hash`), indexed, so that the API can find a
+# row by the pseudonym a de-identified client sees (api/masking.py turns a pseudonym back into this digest).
+UID_HASHES = {
+    "Study": ("StudyInstanceUID", "StudyInstanceUIDHash"),
+    "Series": ("SeriesInstanceUID", "SeriesInstanceUIDHash"),
+    "SliceMetadata": ("SOPInstanceUID", "SOPInstanceUIDHash"),
+}
+
+
+def uid_hash(uid: str | None) -> str | None:
+    """The first 128 bits of SHA-256 of the UID, as 32 hex digits (the same as api.masking.uid_hash)."""
+    return None if uid is None else hashlib.sha256(uid.encode("utf-8")).hexdigest()[:32]
+
 
 def _upsert(table: str, fields: Sequence[str], key: str) -> str:
     cols = ", ".join(f'"{f}"' for f in fields)
@@ -139,12 +153,12 @@ def _upsert(table: str, fields: Sequence[str], key: str) -> str:
     return f'INSERT INTO "{table}" ({cols}) VALUES ({params}) ON CONFLICT ("{key}") DO UPDATE SET {sets}'
 
 
-# Every row is derived in full by ingest/pipeline.py from the files that hold it, so an upsert replaces it;
-# ON CONFLICT keeps a slice's SliceID.
+# Every row is derived in full by ingest/derive.py from the files that hold it, so an upsert replaces it;
+# ON CONFLICT keeps a slice's SliceID. Study, Series and SliceMetadata rows carry their UID's digest (with_hash).
 UPSERT_PATIENT = _upsert("Patient", PATIENT_FIELDS, "PatientID")
-UPSERT_STUDY = _upsert("Study", STUDY_FIELDS, "StudyInstanceUID")
-UPSERT_SERIES = _upsert("Series", SERIES_FIELDS, "SeriesInstanceUID")
-UPSERT_SLICE = _upsert("SliceMetadata", SLICE_FIELDS, "SOPInstanceUID")
+UPSERT_STUDY = _upsert("Study", (*STUDY_FIELDS, "StudyInstanceUIDHash"), "StudyInstanceUID")
+UPSERT_SERIES = _upsert("Series", (*SERIES_FIELDS, "SeriesInstanceUIDHash"), "SeriesInstanceUID")
+UPSERT_SLICE = _upsert("SliceMetadata", (*SLICE_FIELDS, "SOPInstanceUIDHash"), "SOPInstanceUID")
 UPSERT_SOURCE = _upsert("SourceFile", SOURCE_FIELDS, "Path")
 INSERT_HEADER = (
     'INSERT INTO "SourceHeader" ("Hash", "PatientID", "StudyInstanceUID", "Patient", "Study") '
@@ -234,7 +248,7 @@ def parse_url(url: str) -> Target:
 
 
 class _SQLite:
-    """The standard library's sqlite3, in autocommit mode: transactions are write_batch's BEGIN/COMMIT."""
+    """The standard library's sqlite3, in autocommit mode: transactions are Store.transaction()'s BEGIN/COMMIT."""
 
     def __init__(self, address: str) -> None:
         self._conn = sqlite3.connect(
@@ -249,6 +263,14 @@ class _SQLite:
     def prepare(self) -> None:
         for pragma in SQLITE_PRAGMAS:
             self._conn.execute(pragma)
+        self._conn.create_function("dicom_uid_hash", 1, uid_hash, deterministic=True)
+
+    @staticmethod
+    def uid_hash_sql(expr: str) -> str:
+        return f"dicom_uid_hash({expr})"
+
+    def columns(self, table: str) -> set[str]:
+        return {row[1] for row in self._conn.execute("SELECT * FROM pragma_table_info(?)", (table,))}
 
     @staticmethod
     def placeholders(count: int) -> str:
@@ -316,6 +338,13 @@ class _PostgreSQL:
     def prepare(self) -> None:
         pass
 
+    @staticmethod
+    def uid_hash_sql(expr: str) -> str:
+        return f"substr(encode(sha256(convert_to({expr}, 'UTF8')), 'hex'), 1, 32)"
+
+    def columns(self, table: str) -> set[str]:
+        return self.tables().get(table, set())
+
     def execute(self, sql: str) -> None:
         self._loop.run_until_complete(self._conn.execute(sql))
 
@@ -354,9 +383,15 @@ class Store:
             try:
                 self._check_ours(self._db.tables())
                 self._db.prepare()
-                for statement in schema_statements(self.dialect):
-                    self._db.execute(statement)
+                statements = schema_statements(self.dialect)
+                for statement in statements:
+                    if not statement.upper().startswith("CREATE INDEX"):
+                        self._db.execute(statement)
                 self._upgrade(self._db.tables().get("SourceFile", set()))
+                self._add_uid_hashes()  # before the indexes: some index the columns it may add
+                for statement in statements:
+                    if statement.upper().startswith("CREATE INDEX"):
+                        self._db.execute(statement)
             finally:
                 if locked:
                     self._db.execute(f"SELECT pg_advisory_unlock({PG_LOCK_KEY})")
@@ -393,6 +428,28 @@ class Store:
         for column, kind in SOURCE_ADDED.items():
             if column not in columns:
                 self._db.execute(f'ALTER TABLE "SourceFile" ADD COLUMN "{column}" {kind}')  # type: ignore[union-attr]
+
+    def _add_uid_hashes(self) -> None:
+        """A database made before the UID digest columns existed gets them, filled, in one transaction."""
+        db = self.db
+        missing = []
+        for table, (uid, digest) in UID_HASHES.items():
+            # Not `SELECT "column"`: SQLite reads an unknown double-quoted name as a string.
+            if digest not in db.columns(table):
+                missing.append((table, uid, digest))
+        if not missing:
+            return
+        db.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+        try:
+            for table, uid, digest in missing:
+                db.execute(f'ALTER TABLE "{table}" ADD COLUMN "{digest}" TEXT')
+                column = f'"{uid}"'
+                db.execute(f'UPDATE "{table}" SET "{digest}" = {db.uid_hash_sql(column)}')
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        _log().info("added the UID digest columns to %s", ", ".join(t for t, _, _ in missing))
 
     def close(self) -> None:
         db, self._db = self._db, None
@@ -498,6 +555,12 @@ class Store:
             self.db.execute("ROLLBACK")
         except Exception:  # SQLite may have rolled back already (disk full): the write error is what counts
             _log().debug("rollback after a failed write", exc_info=True)
+
+
+def with_hash(rows: Iterable[dict[str, Any]], table: str) -> Iterator[dict[str, Any]]:
+    uid, digest = UID_HASHES[table]
+    for row in rows:
+        yield {**row, digest: uid_hash(row[uid])}
 
 
 def schema_statements(dialect: str) -> list[str]:

@@ -306,9 +306,10 @@ class _Batch:
         """Write the derived rows parents first, then drop what is left empty children first."""
         store = self.store
         store.write(q.UPSERT_PATIENT, self.patient_rows.values())
-        store.write(q.UPSERT_STUDY, self.study_rows.values())
-        store.write(q.UPSERT_SERIES, self.series_rows.values())
-        store.write(q.UPSERT_SLICE, (self.slice_rows[s] for s in sorted(self.slice_rows, key=self._slice_order)))
+        store.write(q.UPSERT_STUDY, q.with_hash(self.study_rows.values(), "Study"))
+        store.write(q.UPSERT_SERIES, q.with_hash(self.series_rows.values(), "Series"))
+        ordered = (self.slice_rows[s] for s in sorted(self.slice_rows, key=self._slice_order))
+        store.write(q.UPSERT_SLICE, q.with_hash(ordered, "SliceMetadata"))
         store.write(q.DELETE_SLICE, ({"key": s} for s in sorted(self.dropped_slices)))
         store.write(q.DELETE_SERIES_IF_EMPTY, ({"key": s} for s in sorted(self.series)))
         store.write(q.DELETE_STUDY_IF_EMPTY, ({"key": s} for s in sorted(self.studies)))

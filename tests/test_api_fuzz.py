@@ -24,10 +24,11 @@ count the queries actually sent. Three runs:
 - SQLite, as a client of a server without tokens: 1,120 queries (asserted: at least 1,000);
 - PostgreSQL, filled from the same files, 400 queries, when a server answers at 127.0.0.1:5432 (user postgres,
   trust auth; skipped otherwise);
-- SQLite as a de-identified client (a `deidentified` token in DICOM_API_TOKENS; skipped if the API has no
-  authentication), 400 queries: masked fields are refused in filters, orderings and facets (FORBIDDEN), and no
-  response may hold a person-identifying value of the database (PatientID, PatientName, PatientBirthDate,
-  ReferringPhysicianName, AccessionNumber), wherever in the response (`raw` and error messages included).
+- SQLite as a de-identified client (a `deidentified` token), 400 queries, and as a level a tokens file declares
+  (`level basic`: PS3.15's Basic Profile without options), 200 queries: removed fields are refused in filters,
+  orderings and facets (FORBIDDEN), and no response may hold a value the level hides (PatientID, names, birth
+  date, accession number, StudyID, descriptions, Study/Series/SOP Instance UIDs, unshifted dates), wherever in the
+  response (`raw`, cursors' text and error messages included). UIDs are sent as pseudonyms, so lookups find rows.
 
 The PostgreSQL run found that a NUL character (U+0000) in a string argument failed there, as PostgreSQL text
 cannot hold it ('Unexpected error.'); the API now refuses such an argument as bad input on both databases, which
@@ -49,7 +50,7 @@ from typing import Any
 import graphql
 import pytest
 from conftest import DICOMDIR_TESTS, fresh_postgres_database, run_ingest
-from dicom_factory import write_series
+from dicom_factory import uid, write_series
 
 schemathesis = pytest.importorskip("schemathesis")  # the `dev` extra installs it
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
@@ -61,6 +62,9 @@ from schemathesis.python import asgi  # noqa: E402
 from schemathesis.specs.openapi.checks import response_schema_conformance  # noqa: E402
 
 from api.app import create_app  # noqa: E402
+from api.auth import AccessLevel  # noqa: E402
+from api.columns import TABLES  # noqa: E402
+from api.masking import Pseudonyms, Treatment, treatment  # noqa: E402
 from api.settings import Settings  # noqa: E402
 
 FUZZ_SEED = int(os.environ.get("DICOM_DB_FUZZ_SEED", "20260604"))
@@ -74,6 +78,9 @@ PG_NEGATIVE_EXAMPLES = 10
 # The run as a de-identified client (skipped while the API has no authentication): 400 queries.
 DEID_POSITIVE_EXAMPLES = 40
 DEID_NEGATIVE_EXAMPLES = 10
+# The run as a level declared in a tokens file (the Basic Profile alone): 200 queries.
+LEVEL_POSITIVE_EXAMPLES = 20
+LEVEL_NEGATIVE_EXAMPLES = 5
 
 # Connections and the binding keys (`<Type>.<field>.<argument>`) of their `after` argument.
 CURSOR_QUERIES = {
@@ -138,27 +145,28 @@ def database_values(db: Path) -> set[str]:
     return values
 
 
-SENSITIVE = {
-    "Patient": ("PatientID", "PatientName", "PatientBirthDate"),
-    "Study": ("PatientID", "ReferringPhysicianName"),
-    "SliceMetadata": ("AccessionNumber",),
-}
-
-
-def identifying_values(db: Path) -> set[str]:
-    """The stored person-identifying values (PatientID, PatientName, PatientBirthDate, ReferringPhysicianName,
-    AccessionNumber), as stored and, for dates, as ISO dates: none may reach a de-identified client. A value that
-    is also stored in a column that is not identifying (pydicom's files have AccessionNumber 134 and StudyID 134)
-    is left out, as the client may see it there."""
+def identifying_values(db: Path, level: AccessLevel, keys: Pseudonyms) -> set[str]:
+    """The stored values a level hides (PS3.15: removed, replaced by a pseudonym or a pseudonymous UID, or dates
+    shifted), as stored and, for dates, as ISO dates: none may reach a client of that level. Left out: a value
+    also stored in a column the level shows as stored (pydicom's files have AccessionNumber 134 and StudyID 134),
+    one equal to some shifted date, and values of fewer than 3 characters."""
     identifying: set[str] = set()
     other: set[str] = set()
+    hidden = (Treatment.NULL, Treatment.PSEUDONYM, Treatment.UID, Treatment.SHIFTED)
     with sqlite3.connect(db) as conn:
-        for table in ("Patient", "Study", "Series", "SliceMetadata"):
-            for column in [row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')]:
-                values = {str(row[0]) for row in conn.execute(f'SELECT DISTINCT "{column}" FROM "{table}"')}
-                (identifying if column in SENSITIVE.get(table, ()) else other).update(values)
+        for table in TABLES.values():
+            for column in table.columns:
+                sql = f'SELECT DISTINCT "{column.value_column or column.name}" FROM "{table.name}"'
+                values = {str(row[0]) for row in conn.execute(sql)}
+                if treatment(column, level.options)[0] in hidden:
+                    identifying |= values
+                elif treatment(column, level.options)[0] is Treatment.STORED:
+                    other |= values | {part for value in values for part in value.split("\\")}
+        patients = [row[0] for row in conn.execute('SELECT "PatientID" FROM "Patient"')]
     identifying |= {f"{v[:4]}-{v[4:6]}-{v[6:]}" for v in identifying if len(v) == 8 and v.isdigit()}  # ISO dates
-    return {v for v in identifying - other if len(v) >= 3 and v != "None"}
+    dates = [v for v in identifying if len(v) == 10 and v[4] == "-"]
+    shifted = {keys.shift_date(d, p) for d in dates for p in patients}  # what any patient's date may become
+    return {v for v in identifying - other - shifted if len(v) >= 3 and v != "None"}
 
 
 def string_leaves(value: Any) -> Iterator[str]:
@@ -296,30 +304,40 @@ def test_fuzz_whole_schema_on_postgres(postgres_fuzz_url: str, fuzz_db: Path) ->
     assert tally.answered >= tally.queries // 5, tally.summary()
 
 
-def test_fuzz_whole_schema_as_deidentified_client(fuzz_db: Path) -> None:
-    """The fuzz with a de-identified token: masked fields refused in filters, orders and facets (FORBIDDEN), and
-    no person-identifying value of the database in any response, `raw` and error messages included."""
+@pytest.mark.parametrize(
+    ("level", "positive", "negative"),
+    [
+        ("deidentified", DEID_POSITIVE_EXAMPLES, DEID_NEGATIVE_EXAMPLES),
+        ("basic", LEVEL_POSITIVE_EXAMPLES, LEVEL_NEGATIVE_EXAMPLES),  # declared in the tokens file: no option
+    ],
+)
+def test_fuzz_whole_schema_as_deidentified_client(
+    fuzz_db: Path, tmp_path: Path, level: str, positive: int, negative: int
+) -> None:
+    """The fuzz with a token of a de-identifying level: removed fields refused in filters, orders and facets
+    (FORBIDDEN), and no value the level hides (identifiers, UIDs, unshifted dates, descriptions) in any response,
+    `raw` and error messages included. UIDs are sent as the pseudonyms the client sees, so lookups find rows."""
     token = secrets.token_urlsafe(24)
-    environ = {"DICOM_API_TOKENS": f"{token}:deidentified:fuzz"}
-    app = create_app(Settings.from_env(environ, database_url=f"sqlite:///{fuzz_db}"))
+    tokens_file = tmp_path / "tokens"
+    tokens_file.write_text(f"level basic\n{token} {level} fuzz\n")
+    key = "a pseudonym key of the fuzz run"
+    environ = {"DICOM_API_TOKENS_FILE": str(tokens_file), "DICOM_API_PSEUDONYM_KEY": key}
+    settings = Settings.from_env(environ, database_url=f"sqlite:///{fuzz_db}")
+    app = create_app(settings)
     try:
         with asgi.get_client(app) as client:
             if client.post("/graphql", json={"query": "{ __typename }"}).status_code != 401:
                 pytest.skip("this API has no authentication: DICOM_API_TOKENS is ignored")
-        secret = frozenset(identifying_values(fuzz_db))
-        assert {"Fuzz^Written", "FUZZ-1", "1976-01-02"} <= secret
+        keys = Pseudonyms(key.encode())
+        secret = frozenset(identifying_values(fuzz_db, settings.tokens[0].level, keys))
+        assert {"Fuzz^Written", "FUZZ-1", "1976-01-02", "CT CHEST", uid("study-1")} <= secret
+        stored = database_values(fuzz_db)
+        shown = (stored - secret) | {keys.uid(v) for v in stored if v.startswith(("1.", "2."))}
         headers = {"Authorization": f"Bearer {token}"}
-        tally = fuzz(
-            app,
-            database_values(fuzz_db),
-            DEID_POSITIVE_EXAMPLES,
-            DEID_NEGATIVE_EXAMPLES,
-            headers=headers,
-            secret_values=secret,
-        )
+        tally = fuzz(app, shown, positive, negative, headers=headers, secret_values=secret)
     finally:
         asgi.shutdown_lifespans()
-    assert tally.queries >= 8 * (DEID_POSITIVE_EXAMPLES + DEID_NEGATIVE_EXAMPLES) * 9 // 10, tally.summary()
+    assert tally.queries >= 8 * (positive + negative) * 9 // 10, tally.summary()
     assert tally.answered >= tally.queries // 5, tally.summary()
     assert tally.codes["FORBIDDEN"] > 0, tally.summary()
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import graphql
 import pytest
 
+from api.auth import AccessLevel
 from api.columns import PATIENT, SERIES, SLICE, STUDY, TABLES, Kind, Table, snake_case
+from api.masking import Treatment, treatment
 from api.schema import SDL_PATH, sdl
 
 SCHEMA = graphql.build_schema(sdl())
@@ -171,13 +173,19 @@ def test_filter_inputs_match_the_contract() -> None:
     assert fields("SeriesOrderBy") == {"field": "SeriesOrderField!", "direction": "OrderDirection"}
 
 
-def test_sensitive_columns_are_the_person_identifying_ones() -> None:
-    sensitive = {(t.name, c.name) for t in (PATIENT, STUDY, SERIES, SLICE) for c in t.columns if c.sensitive}
-    assert sensitive == {
+def test_the_person_identifying_columns_are_hidden_from_deidentified_access() -> None:
+    hidden = {
+        (t.name, c.name)
+        for t in (PATIENT, STUDY, SERIES, SLICE)
+        for c in t.columns
+        if treatment(c, AccessLevel.DEIDENTIFIED.options)[0] in (Treatment.NULL, Treatment.PSEUDONYM)
+    }
+    assert {
         ("Patient", "PatientID"),
         ("Patient", "PatientName"),
         ("Patient", "PatientBirthDate"),
         ("Study", "PatientID"),
         ("Study", "ReferringPhysicianName"),
+        ("Study", "StudyID"),
         ("SliceMetadata", "AccessionNumber"),
-    }
+    } <= hidden

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import pty
 import re
 import shutil
+import sqlite3
 import struct
 import subprocess
 import termios
@@ -410,3 +412,39 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     assert proc.returncode == 0
     assert b"100%" in shown and b"5/5" in shown  # tqdm's bar, on the terminal only
     assert SUMMARY.search(proc.stdout) and "%|" not in proc.stdout
+
+
+# Per table: the UID, its digest column and that column's index.
+UID_DIGESTS = {
+    "Study": ("StudyInstanceUID", "StudyInstanceUIDHash", "idx_study_uid_hash"),
+    "Series": ("SeriesInstanceUID", "SeriesInstanceUIDHash", "idx_series_uid_hash"),
+    "SliceMetadata": ("SOPInstanceUID", "SOPInstanceUIDHash", "idx_slice_uid_hash"),
+}
+
+
+def _digests_are_sha256(db: Path) -> None:
+    for table, (uid_column, digest_column, _) in UID_DIGESTS.items():
+        found = rows(db, f'SELECT "{uid_column}", "{digest_column}" FROM "{table}"')
+        assert found
+        for uid_value, digest in found:
+            assert digest == hashlib.sha256(uid_value.encode()).hexdigest()[:32]
+
+
+def test_uid_digests_are_written_and_added_to_an_older_database(tmp_path: Path) -> None:
+    """Each UID's digest (the index behind de-identified lookups) is written with its row; a database made
+    before the digest columns existed gets them, filled, on the next run, even when no file changed."""
+    write_series(tmp_path / "files", count=3)
+    db = tmp_path / "dicom.db"
+    run_ingest(tmp_path / "files", "--db", f"sqlite:///{db}", check=0)
+    _digests_are_sha256(db)
+    before = dump_tables(db)
+    with sqlite3.connect(db) as conn:  # the database as an earlier version of schema.sql made it
+        for table, (_, digest, index) in UID_DIGESTS.items():
+            conn.execute(f'DROP INDEX "{index}"')
+            conn.execute(f'ALTER TABLE "{table}" DROP COLUMN "{digest}"')
+    proc = run_ingest(tmp_path / "files", "--db", f"sqlite:///{db}", check=0)
+    assert summary(proc.stdout)["unchanged"] == 3
+    _digests_are_sha256(db)
+    assert dump_tables(db) == before
+    indexes = {r[0] for r in rows(db, "SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {index for _, _, index in UID_DIGESTS.values()} <= indexes

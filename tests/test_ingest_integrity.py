@@ -544,17 +544,56 @@ def test_two_hundred_random_mutations_each_leave_what_a_fresh_ingest_finds(tmp_p
     assert rows(db, "PRAGMA foreign_key_check") == []
 
 
-def test_a_file_changed_just_before_the_walk_is_read_again_next_time(tmp_path: Path, capsys) -> None:
-    """Its ctime may not move if it changes again within the same clock tick: it is not trusted as unchanged."""
+def test_a_file_changed_during_the_run_is_read_again_next_time(tmp_path: Path) -> None:
+    """The record keeps the stat the walk saw, so a change after the walk is seen by the next run."""
+    tree, db = tmp_path / "in", tmp_path / "racy.db"
+    for s in range(6):
+        write_series(tree / f"s{s}", count=50, series=f"series-{s}")
+    late = _write(tree / "zz.dcm", "late", StudyDescription="BEFORE")
+    proc = subprocess.Popen(
+        [*ingest_command(), str(tree), "--db", _db(db), "--batch-size", "10", "--jobs", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if rows(db, 'SELECT COUNT(*) FROM "SliceMetadata"')[0][0] >= 10:
+                break
+        except sqlite3.Error:
+            pass
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before the file could be changed"
+    _write(late, "late", StudyDescription="AFTER")  # after the walk, while the run goes on
+    assert proc.wait(timeout=120) == 0
+    counts = summary(run_ingest(tree, "--db", _db(db), check=0).stdout)
+    assert (counts["unchanged"], counts["ingested"]) == (300, 1)
+    assert summary(run_ingest(tree, "--db", _db(db), check=0).stdout)["unchanged"] == 301
+    assert_same_as_fresh(tree, db, tmp_path)
+
+
+def test_a_file_changed_just_before_the_walk_is_read_again_next_time(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file whose ctime is within RACY_NS of the walk could change again within the same clock tick without
+    its ctime moving: it is recorded with an unknown ctime (-1), so the next run reads it again."""
+    import ingest.cli
+    from ingest.pipeline import RACY_NS, walk
+
+    walks = []
+    monkeypatch.setattr(ingest.cli, "walk", lambda paths: walks.append(walk(paths)) or walks[-1])
     tree, db = tmp_path / "in", tmp_path / "racy.db"
     write_series(tree / "old", count=2)
-    time.sleep(0.2)
-    _write(tree / "new.dcm", "just-written")
+    assert _cli(tree, "--db", _db(db), "--quiet") == 0
+    new = _write(tree / "new.dcm", "just-written")
     assert _cli(tree, "--db", _db(db), "--quiet") == 0  # in this process: the walk follows the write at once
-    assert rows(db, 'SELECT "Path" FROM "SourceFile" WHERE "CtimeNs" = -1') == [(str(tree / "new.dcm"),)]
+    racy = new.stat().st_ctime_ns >= walks[-1].started_ns - RACY_NS
+    recorded = rows(db, 'SELECT "CtimeNs" FROM "SourceFile" WHERE "Path" = ?', (str(new),))[0][0]
+    assert (recorded == -1) == racy
     capsys.readouterr()
     assert _cli(tree, "--db", _db(db)) == 0
     counts = summary(capsys.readouterr().out)
-    assert (counts["unchanged"], counts["ingested"]) == (2, 1)
+    assert (counts["unchanged"], counts["ingested"]) == ((2, 1) if racy else (3, 0))
     assert _cli(tree, "--db", _db(db)) == 0
     assert summary(capsys.readouterr().out)["unchanged"] == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -101,3 +102,28 @@ async def _pg_terminate_others(url: str) -> None:
         )
     finally:
         await conn.close()
+
+
+def test_postgres_uid_digests_are_written_and_added_to_an_older_database(pg_url: str, tmp_path: Path) -> None:
+    write_series(tmp_path / "in", count=3)
+    run_ingest(tmp_path / "in", "--db", pg_url, check=0)
+    columns = {"Study": "StudyInstanceUID", "Series": "SeriesInstanceUID", "SliceMetadata": "SOPInstanceUID"}
+
+    async def digests(drop: bool) -> dict[str, list[tuple[str, str]]]:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            found = {}
+            for table, uid in columns.items():
+                found[table] = sorted(tuple(r) for r in await conn.fetch(f'SELECT "{uid}", "{uid}Hash" FROM "{table}"'))
+                if drop:  # the database as an earlier schema.sql made it (the column's index goes with it)
+                    await conn.execute(f'ALTER TABLE "{table}" DROP COLUMN "{uid}Hash"')
+            return found
+        finally:
+            await conn.close()
+
+    before = asyncio.run(digests(drop=True))
+    for pairs in before.values():
+        assert pairs and all(h == hashlib.sha256(u.encode()).hexdigest()[:32] for u, h in pairs)
+    proc = run_ingest(tmp_path / "in", "--db", pg_url, check=0)
+    assert summary(proc.stdout)["unchanged"] == 3
+    assert asyncio.run(digests(drop=False)) == before
