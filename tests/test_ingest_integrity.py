@@ -597,3 +597,13 @@ def test_a_file_changed_just_before_the_walk_is_read_again_next_time(
     assert (counts["unchanged"], counts["ingested"]) == ((2, 1) if racy else (3, 0))
     assert _cli(tree, "--db", _db(db)) == 0
     assert summary(capsys.readouterr().out)["unchanged"] == 3
+
+
+def test_a_fifo_put_where_a_file_was_is_refused_without_blocking(tmp_path: Path) -> None:
+    """The walk saw a file; by the time a worker opens the path it is a FIFO with no writer: opening it must not
+    wait for one (the reader opens without blocking and checks what it opened)."""
+    fifo = tmp_path / "swapped.dcm"
+    os.mkfifo(fifo)
+    code = "import sys; from ingest.reader import read_file; r = read_file(sys.argv[1]); print(r.status, r.reason)"
+    proc = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=30)
+    assert proc.stdout.strip() == "not_dicom not a regular file", proc.stderr
