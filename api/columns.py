@@ -169,7 +169,7 @@ PATIENT = Table(
     "Patient",
     "PatientID",
     (
-        Column("PatientID", S, Ps315("(0010,0020)", "Z")),
+        Column("PatientID", S, Ps315("(0010,0020)", "Z/D")),
         Column("PatientName", S, Ps315("(0010,0010)", "Z")),
         Column("PatientSex", S, Ps315("(0010,0040)", "Z", _CHARS)),
         Column("PatientAge", S, Ps315("(0010,1010)", "X", _CHARS)),
@@ -188,7 +188,7 @@ STUDY = Table(
     "StudyInstanceUID",
     (
         Column("StudyInstanceUID", S, Ps315("(0020,000D)", "U", _UIDS)),
-        Column("PatientID", S, Ps315("(0010,0020)", "Z")),
+        Column("PatientID", S, Ps315("(0010,0020)", "Z/D")),
         Column("StudyDescription", S, Ps315("(0008,1030)", "X", _DESC)),
         Column("StudyDate", D, Ps315("(0008,0020)", "Z", _DATES)),
         # ISO time text "HH:MM:SS(.ffffff)": sorts and compares as text

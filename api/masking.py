@@ -6,7 +6,7 @@ E.1-1 gives its attribute under the level's options:
 
 - K: as stored. C on a description (Clean Descriptors) is also kept as stored: the API cannot clean free text,
   so a level with that option suits collections whose descriptions were reviewed.
-- X, Z, D (and X/Z, X/D, Z/D): null; PatientID's Z is a dummy consistent per patient, the pseudonym
+- X, Z, D (and X/Z, X/D, Z/D): null; PatientID's Z/D is a dummy consistent per patient, the pseudonym
   `anon-` + 16 hex digits of HMAC-SHA256(key, PatientID).
 - U: a pseudonymous UID, `2.25.` + the decimal of a 128-bit block cipher (an 8-round Feistel network whose round
   function is HMAC-SHA256 under a key derived from the server's key) applied to the first 128 bits of SHA-256
@@ -185,7 +185,7 @@ def treatment(column: Column, options: frozenset[Option]) -> tuple[Treatment, st
         return Treatment.UID, None
     if action == "C":
         return (Treatment.SHIFTED if column.kind is Kind.DATE else Treatment.STORED), None
-    if column.name == "PatientID":  # Z: a dummy value, consistent per patient, so that trees still join
+    if column.name == "PatientID":  # Z/D: a dummy value, consistent per patient, so that trees still join
         return Treatment.PSEUDONYM, None
     return Treatment.NULL, None
 

@@ -45,9 +45,11 @@ UID_PSEUDONYM = re.compile(r"2\.25\.(0|[1-9][0-9]*)")
 
 # PS3.15 Table E.1-1 (2024b) for the attributes our columns hold: tag, the Basic Profile's action, and the
 # actions of the options that list the attribute. Attributes the table does not list are kept: "K", no options.
+# Checked against innolitics/dicom-standard standard/confidentiality_profile_attributes.json at 8670abdd
+# ("Update standard to rev2024b"), which that repository generates from the standard's Table E.1-1.
 FD, MD = "retain-longitudinal-full-dates", "retain-longitudinal-modified-dates"
 E11: dict[str, tuple[str, str, dict[str, str]]] = {
-    "PatientID": ("(0010,0020)", "Z", {}),
+    "PatientID": ("(0010,0020)", "Z/D", {}),  # Z until 2024a, Z/D since 2024b
     "PatientName": ("(0010,0010)", "Z", {}),
     "PatientSex": ("(0010,0040)", "Z", {"retain-patient-characteristics": "K"}),
     "PatientAge": ("(0010,1010)", "X", {"retain-patient-characteristics": "K"}),
