@@ -38,6 +38,7 @@ from api.loaders import Context, Loaders
 from api.masking import Access, Pseudonyms
 from api.schema import build_schema, unexpected
 from api.settings import Settings
+from api.thumbnails import Thumbnails
 from api.types import make_node
 
 log = logging.getLogger("dicom_api")
@@ -160,6 +161,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     graphql = GraphQLApp(schema, database=database, settings=settings)
     # With tokens, nothing reaches the GraphQL view (GraphiQL page included) without a valid one.
     endpoint: ASGIApp = RequireToken(graphql, settings.tokens) if settings.tokens else graphql
+    thumbnails: ASGIApp = Thumbnails(database, settings)
+    if settings.tokens:
+        thumbnails = RequireToken(thumbnails, settings.tokens)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -198,6 +202,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             Route("/graphql", endpoint, methods=["GET", "POST"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/thumbnails/{series_uid}.png", thumbnails, methods=["GET"]),
             Route("/", home, methods=["GET"]),
             # GraphiQL's builds and the study browser: public code, no data, so no token is needed for them.
             Mount("/static", GZipMiddleware(StaticFiles(directory=STATIC)), name="static"),
