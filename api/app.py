@@ -20,7 +20,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
@@ -31,6 +31,7 @@ from strawberry.schema import BaseSchema
 from strawberry.types import ExecutionResult
 
 from api.auth import AccessLevel, RequireToken, describe_tokens, principal_of
+from api.browser import browser_page
 from api.db import Database
 from api.graphiql import STATIC, graphiql_page
 from api.limits import timeout_error
@@ -184,9 +185,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    async def home(request: Request) -> Response:
-        return RedirectResponse("/graphql")
-
     middleware = []
     if settings.cors_origins:
         middleware.append(
@@ -203,7 +201,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/graphql", endpoint, methods=["GET", "POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/thumbnails/{series_uid}.png", thumbnails, methods=["GET"]),
-            Route("/", home, methods=["GET"]),
+            Route("/", browser_page, methods=["GET"]),
+            Route("/studies/{study_uid}", browser_page, methods=["GET"]),
             # GraphiQL's builds and the study browser: public code, no data, so no token is needed for them.
             Mount("/static", GZipMiddleware(StaticFiles(directory=STATIC)), name="static"),
         ],
