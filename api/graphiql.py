@@ -46,7 +46,7 @@ def graphiql_page(query: str) -> str:
     <title>dicom-db GraphiQL</title>
     <link rel="icon" href="data:,">
 {links}
-    <style>body {{ margin: 0; }} #graphiql {{ height: 100vh; }}</style>
+    <style>body {{ margin: 0; overflow: hidden; }} #graphiql {{ height: 100vh; }}</style>
   </head>
   <body>
     <div id="graphiql">Loading GraphiQL from {html.escape(PREFIX)}/vendor/ ...</div>
