@@ -60,7 +60,8 @@ async function graphql(query, variables) {
   const first = body && body.errors && body.errors[0];
   if (response.status === 401) askForToken(first ? first.message : 'This server needs a token.');
   if (first) {
-    const code = (first.extensions && first.extensions.code) || `HTTP_${response.status}`;
+    // Errors found before execution (a variable that is not a date, say) carry no code of their own.
+    const code = (first.extensions && first.extensions.code) || (response.ok ? 'GRAPHQL_ERROR' : `HTTP_${response.status}`);
     throw new ApiError(first.message, code);
   }
   if (!response.ok) throw new ApiError(`The server answered ${response.status}.`, `HTTP_${response.status}`);
