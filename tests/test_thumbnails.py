@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 import pytest
 from api_helpers import Api, ingest_into, serve
-from conftest import TEST_FILES
+from conftest import TEST_FILES, fresh_postgres_database, run_ingest
 from png import read_png
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -217,3 +217,16 @@ def test_shrink_and_png_round_trip() -> None:
     rgb = np.zeros((5, 7, 3), np.uint8)
     rgb[..., 1] = 200
     assert (read_png(encode_png(rgb)) == rgb).all()
+
+
+def test_the_same_thumbnails_from_postgresql(files: Path, api: Api) -> None:
+    with fresh_postgres_database(f"dicom_thumbnails_test_{os.getpid()}") as url:
+        run_ingest(files / "files", "--db", url, "--jobs", "1", "--quiet", check=0)
+        for pg in serve(url):
+            for series in ("stack", "rescaled", "ramp"):
+                path = f"/thumbnails/{uid(series)}.png"
+                assert pg.client.get(path).content == api.client.get(path).content, series
+            assert error(pg, f"/thumbnails/{uid('short')}.png", 404) == error(
+                api, f"/thumbnails/{uid('short')}.png", 404
+            )
+            assert error(pg, "/thumbnails/1.2.3.4.png", 404)[0] == "NOT_FOUND"
