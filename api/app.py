@@ -20,7 +20,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
@@ -33,7 +33,7 @@ from strawberry.types import ExecutionResult
 from api.auth import AccessLevel, RequireToken, describe_tokens, principal_of
 from api.browser import browser_page
 from api.db import Database
-from api.graphiql import STATIC, graphiql_page
+from api.graphiql import STATIC, graphiql_response
 from api.limits import timeout_error
 from api.loaders import Context, Loaders
 from api.masking import Access, Pseudonyms
@@ -142,7 +142,7 @@ class GraphQLApp(GraphQL[Context, None]):
         principal = principal_of(request.scope, bool(self.settings.tokens))
         deidentified = principal is not None and principal.level is AccessLevel.DEIDENTIFIED
         query = DEIDENTIFIED_DEFAULT_QUERY if deidentified else DEFAULT_QUERY
-        return HTMLResponse(graphiql_page(query))
+        return graphiql_response(query)
 
 
 def _masked(error: GraphQLError) -> GraphQLError:

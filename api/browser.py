@@ -10,10 +10,10 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
-from api.graphiql import STATIC
+from api.graphiql import PAGE_HEADERS, STATIC
 
 INDEX = STATIC / "browser" / "index.html"
 
 
 async def browser_page(request: Request) -> Response:
-    return FileResponse(INDEX, media_type="text/html", headers={"Cache-Control": "no-cache"})
+    return FileResponse(INDEX, media_type="text/html", headers={"Cache-Control": "no-cache", **PAGE_HEADERS})

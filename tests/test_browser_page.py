@@ -46,3 +46,12 @@ def test_the_page_needs_no_token_but_the_data_does(synthetic_db) -> None:
         assert api.client.get("/").status_code == 200
         assert api.client.get("/static/browser/browser.js").status_code == 200
         assert api.client.post("/graphql", json={"query": "{ allStudies { totalCount } }"}).status_code == 401
+
+
+def test_the_pages_forbid_other_origins(synthetic: Api) -> None:
+    pages = [synthetic.client.get(p) for p in ("/", "/studies/1.2.3")]
+    pages.append(synthetic.client.get("/graphql", headers={"accept": "text/html"}))
+    for page in pages:
+        policy = page.headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "connect-src 'self'" in policy and "script-src 'self'" in policy
+        assert page.headers["x-content-type-options"] == "nosniff"
