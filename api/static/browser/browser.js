@@ -535,16 +535,37 @@ function seriesCard(series) {
   );
 }
 
-// The thumbnail is fetched (not an <img src>) so that the request carries the token; a series without one
-// shows why in its place.
+// A thumbnail is fetched (not an <img src>) so that the request carries the token, and only once its card comes
+// near the screen, so that a study of hundreds of series does not ask for hundreds of images at once. A series
+// without one shows why in its place (the API's message as the tooltip).
+const nearScreen = new IntersectionObserver(
+  (entries) => {
+    for (const entry of entries) {
+      if (!entry.isIntersecting) continue;
+      nearScreen.unobserve(entry.target);
+      loadThumbnail(entry.target);
+    }
+  },
+  { rootMargin: '400px' },
+);
+
 function thumbnail(uid) {
-  const box = h('div', { class: 'thumbnail' }, h('span', { class: 'placeholder' }, 'loading image...'));
+  const box = h('div', { class: 'thumbnail', dataset: { uid } }, h('span', { class: 'placeholder' }, 'loading image...'));
+  nearScreen.observe(box);
+  return box;
+}
+
+function loadThumbnail(box) {
+  const uid = box.dataset.uid;
   fetch(`/thumbnails/${encodeURIComponent(uid)}.png`, { headers: authHeaders() })
     .then(async (response) => {
       if (response.ok) {
         const url = URL.createObjectURL(await response.blob());
         const image = h('img', { src: url, alt: `middle slice of series ${uid}` });
-        image.addEventListener('load', () => box.classList.add('loaded'));
+        image.addEventListener('load', () => {
+          URL.revokeObjectURL(url); // decoded: the blob can go
+          box.classList.add('loaded');
+        });
         box.replaceChildren(image);
         return;
       }
@@ -560,7 +581,6 @@ function thumbnail(uid) {
       box.classList.add('no-image');
     })
     .catch((error) => box.replaceChildren(h('span', { class: 'placeholder', title: error.message }, 'no image')));
-  return box;
 }
 
 async function loadSlices(uid, box, after) {
