@@ -84,15 +84,33 @@ CREATE TABLE IF NOT EXISTS "SliceMetadata" (
 );
 
 -- added: one row per file seen by dicom-ingest, so that a re-run skips unchanged files without parsing
--- them (same path, size and mtime) and reports duplicates and failures.
+-- them (same path, size, mtime, inode and ctime) and knows which file holds which instance.
+-- Path: the file's absolute path; a name that is not UTF-8 is stored as "bytes:" + escapes (ingest/paths.py).
 CREATE TABLE IF NOT EXISTS "SourceFile" (
     "Path" TEXT PRIMARY KEY,
     "Size" BIGINT NOT NULL,
     "MtimeNs" BIGINT NOT NULL,
-    -- ingested | duplicate | not_dicom | failed
+    -- ingested (the file the instance's row comes from) | duplicate (holds an instance another file owns)
+    -- | not_dicom | failed
     "Status" TEXT NOT NULL,
     "SOPInstanceUID" TEXT,
-    "Reason" TEXT
+    "Reason" TEXT,
+    "Inode" BIGINT,
+    "CtimeNs" BIGINT,
+    -- the file's Patient and Study values (SourceHeader) and a hash of everything read from it
+    "Header" TEXT,
+    "ContentHash" TEXT
+);
+
+-- added: the Patient and Study values files carry, once per distinct set (a few per study), so that the
+-- Patient and Study rows can be derived again from the files that are on disk whenever those change.
+CREATE TABLE IF NOT EXISTS "SourceHeader" (
+    "Hash" TEXT PRIMARY KEY,
+    "PatientID" TEXT NOT NULL,
+    "StudyInstanceUID" TEXT NOT NULL,
+    -- JSON arrays of the values, in the column order of ingest/db.py PATIENT_FIELDS and STUDY_FIELDS
+    "Patient" TEXT NOT NULL,
+    "Study" TEXT NOT NULL
 );
 
 CREATE INDEX IF NOT EXISTS "idx_study_patient" ON "Study" ("PatientID");
@@ -108,3 +126,6 @@ CREATE INDEX IF NOT EXISTS "idx_slice_accession" ON "SliceMetadata" ("AccessionN
 CREATE INDEX IF NOT EXISTS "idx_patient_name" ON "Patient" ("PatientName");
 CREATE INDEX IF NOT EXISTS "idx_patient_sex" ON "Patient" ("PatientSex");
 CREATE INDEX IF NOT EXISTS "idx_sourcefile_sop" ON "SourceFile" ("SOPInstanceUID");
+CREATE INDEX IF NOT EXISTS "idx_sourcefile_header" ON "SourceFile" ("Header");
+CREATE INDEX IF NOT EXISTS "idx_sourceheader_study" ON "SourceHeader" ("StudyInstanceUID");
+CREATE INDEX IF NOT EXISTS "idx_sourceheader_patient" ON "SourceHeader" ("PatientID");

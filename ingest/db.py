@@ -10,10 +10,11 @@ unchanged tree of 10,000 files.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -23,11 +24,13 @@ if TYPE_CHECKING:
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema.sql"
 
+BUSY_TIMEOUT_MS = 60000
+# Run after the check that the file is ours (sqlite_master), so another application's database is left as it
+# was; the busy timeout is set before anything else, so that concurrent runs wait for each other's locks.
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",  # readers (the API) never block on the writer
     "PRAGMA synchronous=NORMAL",  # with WAL: durable at checkpoints, never corrupt on a crash
     "PRAGMA foreign_keys=ON",
-    "PRAGMA busy_timeout=30000",
 )
 
 
@@ -38,8 +41,9 @@ class DatabaseError(Exception):
 class IndexedFile(NamedTuple):  # a tuple: the index of a large tree is read whole on every run
     size: int
     mtime_ns: int
+    inode: int | None
+    ctime_ns: int | None
     status: str
-    sop_uid: str | None
 
 
 PATIENT_FIELDS = (
@@ -109,57 +113,99 @@ SLICE_FIELDS = (
     "LongitudinalTemporalInfo",
     "ImagePositionPatient",
 )
-SOURCE_FIELDS = ("Path", "Size", "MtimeNs", "Status", "SOPInstanceUID", "Reason")
+SOURCE_FIELDS = (
+    "Path",
+    "Size",
+    "MtimeNs",
+    "Inode",
+    "CtimeNs",
+    "Status",
+    "SOPInstanceUID",
+    "Reason",
+    "Header",
+    "ContentHash",
+)
+HEADER_FIELDS = ("Hash", "PatientID", "StudyInstanceUID", "Patient", "Study")
+# Columns added to SourceFile after its first release: an older database gets them (ALTER TABLE) and its files
+# are read again once, since their rows lack what the rules below derive Patient and Study rows from.
+SOURCE_ADDED = {"Inode": "BIGINT", "CtimeNs": "BIGINT", "Header": "TEXT", "ContentHash": "TEXT"}
+OWN_TABLES = {"Patient", "Study", "Series", "SliceMetadata", "SourceFile", "SourceHeader"}
 
 
-def _upsert(table: str, fields: Sequence[str], key: str, update: str, where: str = "") -> str:
+def _upsert(table: str, fields: Sequence[str], key: str) -> str:
     cols = ", ".join(f'"{f}"' for f in fields)
     params = ", ".join(f":{f}" for f in fields)
-    sets = ", ".join(update.format(f=f, table=table) for f in fields if f != key)
-    return f'INSERT INTO "{table}" ({cols}) VALUES ({params}) ON CONFLICT ("{key}") DO UPDATE SET {sets}{where}'
+    sets = ", ".join(f'"{f}" = excluded."{f}"' for f in fields if f != key)
+    return f'INSERT INTO "{table}" ({cols}) VALUES ({params}) ON CONFLICT ("{key}") DO UPDATE SET {sets}'
 
 
-# Patient and study attributes repeat in every file: a value a later file lacks does not erase one already
-# stored, so the order in which files of a study arrive does not matter for what is kept.
-UPSERT_PATIENT = _upsert("Patient", PATIENT_FIELDS, "PatientID", '"{f}" = COALESCE(excluded."{f}", "{table}"."{f}")')
-UPSERT_STUDY = _upsert("Study", STUDY_FIELDS, "StudyInstanceUID", '"{f}" = COALESCE(excluded."{f}", "{table}"."{f}")')
-# A series row holds the values of its representative instance: only a candidate that sorts at or before the
-# current one replaces it (at: the representative file itself changed).
-UPSERT_SERIES = _upsert(
-    "Series",
-    SERIES_FIELDS,
-    "SeriesInstanceUID",
-    '"{f}" = excluded."{f}"',
-    ' WHERE excluded."RepresentativeKey" <= "Series"."RepresentativeKey" OR "Series"."RepresentativeKey" IS NULL',
+# Every row is derived in full by ingest/pipeline.py from the files that hold it, so an upsert replaces it;
+# ON CONFLICT keeps a slice's SliceID.
+UPSERT_PATIENT = _upsert("Patient", PATIENT_FIELDS, "PatientID")
+UPSERT_STUDY = _upsert("Study", STUDY_FIELDS, "StudyInstanceUID")
+UPSERT_SERIES = _upsert("Series", SERIES_FIELDS, "SeriesInstanceUID")
+UPSERT_SLICE = _upsert("SliceMetadata", SLICE_FIELDS, "SOPInstanceUID")
+UPSERT_SOURCE = _upsert("SourceFile", SOURCE_FIELDS, "Path")
+INSERT_HEADER = (
+    'INSERT INTO "SourceHeader" ("Hash", "PatientID", "StudyInstanceUID", "Patient", "Study") '
+    'VALUES (:Hash, :PatientID, :StudyInstanceUID, :Patient, :Study) ON CONFLICT ("Hash") DO NOTHING'
 )
-UPSERT_SLICE = _upsert("SliceMetadata", SLICE_FIELDS, "SOPInstanceUID", '"{f}" = excluded."{f}"')
-UPSERT_SOURCE = _upsert("SourceFile", SOURCE_FIELDS, "Path", '"{f}" = excluded."{f}"')
-
-SELECT_FILE_INDEX = 'SELECT "Path", "Size", "MtimeNs", "Status", "SOPInstanceUID" FROM "SourceFile"'
-SELECT_SOP_OWNERS = (
-    'SELECT "SOPInstanceUID", "Path" FROM "SourceFile" WHERE "Status" = \'ingested\' AND "SOPInstanceUID" IN ({keys})'
-)
-SELECT_DUPLICATE_HOLDERS = (
-    'SELECT "SOPInstanceUID", "Path" FROM "SourceFile" WHERE "Status" = \'duplicate\' AND "SOPInstanceUID" IN ({keys}) '
-    'ORDER BY "Path"'
-)
-PROMOTE_DUPLICATE = 'UPDATE "SourceFile" SET "Status" = \'ingested\', "Reason" = NULL WHERE "Path" = :path'
+SET_SOURCE_STATUS = 'UPDATE "SourceFile" SET "Status" = :status, "Reason" = :reason WHERE "Path" = :path'
 DELETE_SOURCE = 'DELETE FROM "SourceFile" WHERE "Path" = :path'
-DELETE_ORPHAN_SLICE = (
-    'DELETE FROM "SliceMetadata" WHERE "SOPInstanceUID" = :sop AND NOT EXISTS '
-    '(SELECT 1 FROM "SourceFile" WHERE "SOPInstanceUID" = :sop AND "Status" = \'ingested\')'
+DELETE_SLICE = 'DELETE FROM "SliceMetadata" WHERE "SOPInstanceUID" = :key'
+DELETE_SERIES_IF_EMPTY = (
+    'DELETE FROM "Series" WHERE "SeriesInstanceUID" = :key AND NOT EXISTS '
+    '(SELECT 1 FROM "SliceMetadata" s WHERE s."SeriesInstanceUID" = :key)'
 )
-DELETE_EMPTY_SERIES = (
-    'DELETE FROM "Series" WHERE NOT EXISTS '
-    '(SELECT 1 FROM "SliceMetadata" s WHERE s."SeriesInstanceUID" = "Series"."SeriesInstanceUID")'
+DELETE_STUDY_IF_EMPTY = (
+    'DELETE FROM "Study" WHERE "StudyInstanceUID" = :key AND NOT EXISTS '
+    '(SELECT 1 FROM "Series" s WHERE s."StudyInstanceUID" = :key)'
 )
-DELETE_EMPTY_STUDIES = (
-    'DELETE FROM "Study" WHERE NOT EXISTS '
-    '(SELECT 1 FROM "Series" s WHERE s."StudyInstanceUID" = "Study"."StudyInstanceUID")'
+DELETE_PATIENT_IF_EMPTY = (
+    'DELETE FROM "Patient" WHERE "PatientID" = :key AND NOT EXISTS (SELECT 1 FROM "Study" s WHERE s."PatientID" = :key)'
 )
-DELETE_EMPTY_PATIENTS = (
-    'DELETE FROM "Patient" WHERE NOT EXISTS (SELECT 1 FROM "Study" s WHERE s."PatientID" = "Patient"."PatientID")'
+DELETE_UNUSED_HEADERS = (
+    'DELETE FROM "SourceHeader" WHERE NOT EXISTS '
+    '(SELECT 1 FROM "SourceFile" f WHERE f."Header" = "SourceHeader"."Hash")'
 )
+
+SELECT_FILE_INDEX = 'SELECT "Path", "Size", "MtimeNs", "Inode", "CtimeNs", "Status" FROM "SourceFile"'
+SELECT_SOURCES = 'SELECT "Path", "Status", "SOPInstanceUID", "Header" FROM "SourceFile" WHERE "Path" IN ({keys})'
+SELECT_HOLDERS = (
+    'SELECT "SOPInstanceUID", "Path", "Status", "Reason", "Header", "ContentHash", '
+    '"Size", "MtimeNs", "Inode", "CtimeNs" '
+    'FROM "SourceFile" WHERE "Status" IN (\'ingested\', \'duplicate\') AND "SOPInstanceUID" IN ({keys})'
+)
+SELECT_SLICE_SERIES = (
+    'SELECT "SOPInstanceUID", "SeriesInstanceUID" FROM "SliceMetadata" WHERE "SOPInstanceUID" IN ({keys})'
+)
+SELECT_SERIES_SLICES = (
+    'SELECT "SeriesInstanceUID", "SOPInstanceUID", "SliceNumber" FROM "SliceMetadata" '
+    'WHERE "SeriesInstanceUID" IN ({keys})'
+)
+SELECT_SERIES_ROWS = (
+    'SELECT "SeriesInstanceUID", "StudyInstanceUID", "RepresentativeKey" FROM "Series" '
+    'WHERE "SeriesInstanceUID" IN ({keys})'
+)
+SELECT_STUDY_PATIENTS = 'SELECT "StudyInstanceUID", "PatientID" FROM "Study" WHERE "StudyInstanceUID" IN ({keys})'
+SELECT_HEADERS = 'SELECT "Hash", "PatientID", "StudyInstanceUID" FROM "SourceHeader" WHERE "Hash" IN ({keys})'
+# The distinct sets of values the files of a study (patient) carry, each with the last path in byte order
+# holding it: enough to merge them as a walk in path order would, without reading every file's row.
+SELECT_STUDY_VARIANTS = (
+    'SELECT h."StudyInstanceUID", h."Patient", h."Study", MAX(f."Path"{collate}) FROM "SourceHeader" h '
+    'JOIN "SourceFile" f ON f."Header" = h."Hash" AND f."Status" = \'ingested\' '
+    'WHERE h."StudyInstanceUID" IN ({keys}) GROUP BY h."Hash", h."StudyInstanceUID", h."Patient", h."Study"'
+)
+SELECT_PATIENT_VARIANTS = (
+    'SELECT h."PatientID", h."Patient", h."Study", MAX(f."Path"{collate}) FROM "SourceHeader" h '
+    'JOIN "SourceFile" f ON f."Header" = h."Hash" AND f."Status" = \'ingested\' '
+    'WHERE h."PatientID" IN ({keys}) GROUP BY h."Hash", h."PatientID", h."Patient", h."Study"'
+)
+# Sort orders must be byte orders on both databases: PostgreSQL's default collation follows the locale.
+COLLATE = {"sqlite": "", "postgresql": ' COLLATE "C"'}
+# Writers to one PostgreSQL database take this advisory lock per transaction (and while creating the schema):
+# concurrent runs then decide ownership one batch at a time, as SQLite's BEGIN IMMEDIATE makes them do.
+PG_LOCK_KEY = 0x44494344  # "DICD"
 
 
 class Target(NamedTuple):
@@ -191,7 +237,16 @@ class _SQLite:
     """The standard library's sqlite3, in autocommit mode: transactions are write_batch's BEGIN/COMMIT."""
 
     def __init__(self, address: str) -> None:
-        self._conn = sqlite3.connect(address, isolation_level=None, uri=address.startswith("file:"))
+        self._conn = sqlite3.connect(
+            address, isolation_level=None, uri=address.startswith("file:"), timeout=BUSY_TIMEOUT_MS / 1000
+        )
+        self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+
+    def tables(self) -> dict[str, set[str]]:
+        names = [r[0] for r in self.fetch("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {n: {r[1] for r in self.fetch(f'PRAGMA table_info("{n}")')} for n in names}
+
+    def prepare(self) -> None:
         for pragma in SQLITE_PRAGMAS:
             self._conn.execute(pragma)
 
@@ -250,6 +305,17 @@ class _PostgreSQL:
     def placeholders(count: int) -> str:
         return ", ".join(f"${i + 1}" for i in range(count))
 
+    def tables(self) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for table, column in self.fetch(
+            "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+        ):
+            found.setdefault(table, set()).add(column)
+        return found
+
+    def prepare(self) -> None:
+        pass
+
     def execute(self, sql: str) -> None:
         self._loop.run_until_complete(self._conn.execute(sql))
 
@@ -275,17 +341,58 @@ class Store:
         self.url = url
         target = parse_url(url)
         self.dialect = target.dialect
+        self.collate = COLLATE[self.dialect]
         self._address = target.address
         self._db: _SQLite | _PostgreSQL | None = None
 
     def open(self) -> None:
         try:
             self._db = _SQLite(self._address) if self.dialect == "sqlite" else _PostgreSQL(self._address)
-            for statement in schema_statements(self.dialect):
-                self._db.execute(statement)
+            locked = self.dialect == "postgresql"
+            if locked:  # concurrent first runs would race to create the same tables
+                self._db.execute(f"SELECT pg_advisory_lock({PG_LOCK_KEY})")
+            try:
+                self._check_ours(self._db.tables())
+                self._db.prepare()
+                for statement in schema_statements(self.dialect):
+                    self._db.execute(statement)
+                self._upgrade(self._db.tables().get("SourceFile", set()))
+            finally:
+                if locked:
+                    self._db.execute(f"SELECT pg_advisory_unlock({PG_LOCK_KEY})")
+        except DatabaseError:
+            self.close()
+            raise
         except Exception as exc:
             self.close()
             raise DatabaseError(f"cannot open database {self.url}: {_describe(exc)}") from exc
+
+    def _check_ours(self, tables: dict[str, set[str]]) -> None:
+        """Refuse, before changing anything, a database that belongs to another application."""
+        names = {t for t in tables if not t.startswith("sqlite_")}
+        if names and not names & OWN_TABLES:
+            listed = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+            raise DatabaseError(
+                f"{self.url} holds another application's tables ({listed}) and none of dicom-db's: "
+                "refusing to add tables to it; give a new database"
+            )
+        for table, fields in (
+            ("Patient", PATIENT_FIELDS),
+            ("Study", STUDY_FIELDS),
+            ("Series", SERIES_FIELDS),
+            ("SliceMetadata", SLICE_FIELDS),
+        ):
+            missing = [f for f in fields if table in tables and f not in tables[table]]
+            if missing:
+                raise DatabaseError(
+                    f"{self.url} has a table {table} without the columns {', '.join(missing)}: "
+                    "not a dicom-db database (or one this version cannot upgrade)"
+                )
+
+    def _upgrade(self, columns: set[str]) -> None:
+        for column, kind in SOURCE_ADDED.items():
+            if column not in columns:
+                self._db.execute(f'ALTER TABLE "SourceFile" ADD COLUMN "{column}" {kind}')  # type: ignore[union-attr]
 
     def close(self) -> None:
         db, self._db = self._db, None
@@ -302,26 +409,50 @@ class Store:
             raise DatabaseError(f"{self.url} is not open")
         return self._db
 
+    # ------------------------------------------------------------------ reads
     def file_index(self) -> dict[str, IndexedFile]:
-        return {r[0]: IndexedFile(r[1], r[2], r[3], r[4]) for r in self._fetch(SELECT_FILE_INDEX)}
+        return {r[0]: IndexedFile(*r[1:]) for r in self._fetch(SELECT_FILE_INDEX)}
 
-    def sop_owners(self, sops: Sequence[str]) -> dict[str, str]:
-        """SOPInstanceUID -> path of the file already ingested for it, for the given UIDs."""
-        return {sop: path for sop, path in self._fetch_in(SELECT_SOP_OWNERS, sops)}
+    def sources(self, paths: Sequence[str]) -> list[tuple[str, str, str | None, str | None]]:
+        """(path, status, SOPInstanceUID, header) of the files recorded under these paths."""
+        return self._fetch_in(SELECT_SOURCES, paths)  # type: ignore[return-value]
 
-    def duplicate_holders(self, sops: Sequence[str]) -> dict[str, list[str]]:
-        """SOPInstanceUID -> paths of the files recorded as duplicates of it, sorted."""
-        holders: dict[str, list[str]] = {}
-        for sop, path in self._fetch_in(SELECT_DUPLICATE_HOLDERS, sops):
-            holders.setdefault(sop, []).append(path)
-        return holders
+    def holders(self, sops: Sequence[str]) -> list[tuple[Any, ...]]:
+        """(SOPInstanceUID, path, status, reason, header, content hash, size, mtime, inode, ctime) of every file
+        holding one of these instances."""
+        return self._fetch_in(SELECT_HOLDERS, sops)  # type: ignore[return-value]
+
+    def slice_series(self, sops: Sequence[str]) -> dict[str, str]:
+        return dict(self._fetch_in(SELECT_SLICE_SERIES, sops))  # type: ignore[arg-type]
+
+    def series_slices(self, series: Sequence[str]) -> list[tuple[str, str, int | None]]:
+        return self._fetch_in(SELECT_SERIES_SLICES, series)  # type: ignore[return-value]
+
+    def series_rows(self, series: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """SeriesInstanceUID -> (StudyInstanceUID, RepresentativeKey) as stored."""
+        return {r[0]: (r[1], r[2]) for r in self._fetch_in(SELECT_SERIES_ROWS, series)}
+
+    def study_patients(self, studies: Sequence[str]) -> dict[str, str]:
+        return dict(self._fetch_in(SELECT_STUDY_PATIENTS, studies))  # type: ignore[arg-type]
+
+    def headers(self, hashes: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """Header hash -> (PatientID, StudyInstanceUID)."""
+        return {r[0]: (r[1], r[2]) for r in self._fetch_in(SELECT_HEADERS, hashes)}
+
+    def study_variants(self, studies: Sequence[str]) -> list[tuple[str, str, str, str]]:
+        """(StudyInstanceUID, patient JSON, study JSON, last path) per distinct header of the studies' owner files."""
+        return self._fetch_in(SELECT_STUDY_VARIANTS.replace("{collate}", self.collate), studies)  # type: ignore[return-value]
+
+    def patient_variants(self, patients: Sequence[str]) -> list[tuple[str, str, str, str]]:
+        return self._fetch_in(SELECT_PATIENT_VARIANTS.replace("{collate}", self.collate), patients)  # type: ignore[return-value]
 
     def _fetch_in(self, template: str, keys: Sequence[str]) -> list[tuple[Any, ...]]:
         """Run a `... IN ({keys})` query over `keys`, 500 bound parameters at a time."""
+        keys = list(keys)
         out: list[tuple[Any, ...]] = []
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
-            out.extend(self._fetch(template.format(keys=self.db.placeholders(len(chunk))), chunk))
+            out.extend(self._fetch(template.replace("{keys}", self.db.placeholders(len(chunk))), chunk))
         return out
 
     def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -332,54 +463,41 @@ class Store:
         except Exception as exc:  # a dropped connection, a locked or damaged file: exit 3, not a traceback
             raise DatabaseError(f"cannot read from {self.url}: {_describe(exc)}") from exc
 
-    def write_batch(
-        self,
-        patients: Iterable[dict[str, Any]],
-        studies: Iterable[dict[str, Any]],
-        series: Iterable[dict[str, Any]],
-        slices: Iterable[dict[str, Any]],
-        sources: Iterable[dict[str, Any]],
-        released_sops: Sequence[str],
-        vanished_paths: Sequence[str] = (),
-        promoted_paths: Sequence[str] = (),
-    ) -> None:
-        """Write one batch in one transaction: all of it lands, or none of it."""
+    # ------------------------------------------------------------------ writes
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One transaction: all of it lands, or none of it. Reads inside it see a state no other run changes."""
         db = self.db
         try:
-            # SQLite: IMMEDIATE takes the write lock now, not halfway through the batch.
+            # SQLite: IMMEDIATE takes the write lock now (waiting for another run's), not halfway through.
             db.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
             try:
-                self._bulk(UPSERT_PATIENT, patients)
-                self._bulk(UPSERT_STUDY, studies)
-                self._bulk(UPSERT_SERIES, series)
-                self._bulk(UPSERT_SLICE, slices)
-                self._bulk(DELETE_SOURCE, ({"path": p} for p in vanished_paths))
-                self._bulk(UPSERT_SOURCE, sources)
-                if released_sops:
-                    # A changed file now holds another instance (or none): a duplicate file of that instance
-                    # takes over if there is one, else the instance goes, then any series, study or patient
-                    # left empty.
-                    self._bulk(PROMOTE_DUPLICATE, ({"path": p} for p in promoted_paths))
-                    self._bulk(DELETE_ORPHAN_SLICE, ({"sop": s} for s in released_sops))
-                    for statement in (DELETE_EMPTY_SERIES, DELETE_EMPTY_STUDIES, DELETE_EMPTY_PATIENTS):
-                        db.execute(statement)
+                if self.dialect == "postgresql":
+                    db.execute(f"SELECT pg_advisory_xact_lock({PG_LOCK_KEY})")
+                yield
                 db.execute("COMMIT")
             except BaseException:  # a failed COMMIT too: nothing of the batch stays pending on the connection
                 self._rollback()
                 raise
+        except DatabaseError:
+            raise
         except Exception as exc:
             raise DatabaseError(f"cannot write to {self.url}: {_describe(exc)}") from exc
+
+    def write(self, sql: str, rows: Iterable[dict[str, Any]]) -> None:
+        """One of the statements above over many rows, inside `transaction()`."""
+        rows = list(rows)
+        if rows:
+            self.db.executemany(sql, rows)
+
+    def execute(self, sql: str) -> None:
+        self.db.execute(sql)
 
     def _rollback(self) -> None:
         try:
             self.db.execute("ROLLBACK")
         except Exception:  # SQLite may have rolled back already (disk full): the write error is what counts
             _log().debug("rollback after a failed write", exc_info=True)
-
-    def _bulk(self, sql: str, rows: Iterable[dict[str, Any]]) -> None:
-        rows = list(rows)
-        if rows:
-            self.db.executemany(sql, rows)
 
 
 def schema_statements(dialect: str) -> list[str]:

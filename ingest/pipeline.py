@@ -1,4 +1,5 @@
-"""The ingest run: walk the paths, skip unchanged files, parse the rest in worker processes, write batches.
+"""The ingest run: walk the paths, skip unchanged files, parse the rest in supervised worker processes, write
+batches (ingest/derive.py says what a batch writes).
 
 Files are processed in sorted path order and results are consumed in that order, so that a run that was
 interrupted and started again writes exactly what one uninterrupted run writes.
@@ -6,39 +7,34 @@ interrupted and started again writes exactly what one uninterrupted run writes.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import pickle
 import signal
 import stat
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import NamedTuple
 
-from ingest.db import IndexedFile, Store
+from ingest.db import DELETE_UNUSED_HEADERS, PATIENT_FIELDS, STUDY_FIELDS, IndexedFile, Store
+from ingest.derive import DUPLICATE, FAILED, INGESTED, NOT_DICOM, FoundFile, Item, Parsed, apply_batch
+from ingest.limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES
+from ingest.paths import from_text, to_text
 
-if TYPE_CHECKING:
-    from ingest.reader import FileResult
-
-# Statuses a file can end a run with; the summary counts one per file found.
-INGESTED, UNCHANGED, DUPLICATE, NOT_DICOM, FAILED, NOT_REACHED = (
-    "ingested",
-    "unchanged",
-    "duplicate",
-    "not_dicom",
-    "failed",
-    "not_reached",
-)
+UNCHANGED, NOT_REACHED = "unchanged", "not_reached"
 SKIPPABLE = {INGESTED, DUPLICATE, NOT_DICOM}  # a failed file is tried again on every run
+# A file changed this close before the walk may change again within the same tick of the file system's clock
+# (a few ms) without its ctime moving: it is recorded with an unknown ctime, so the next run reads it again.
+RACY_NS = 50_000_000
 
-
-class FoundFile(NamedTuple):  # a tuple: a walk makes one per file, and a re-run does little else
-    path: str
-    size: int
-    mtime_ns: int
+__all__ = ["DUPLICATE", "FAILED", "INGESTED", "NOT_DICOM", "NOT_REACHED", "UNCHANGED", "FoundFile", "Ingest", "walk"]
 
 
 class Outcome(NamedTuple):
-    path: str
+    path: str  # as stored and reported (ingest/paths.py)
     status: str
     reason: str | None = None
 
@@ -48,6 +44,9 @@ class Summary:
         self.found = 0
         self.counts: dict[str, int] = dict.fromkeys((INGESTED, UNCHANGED, DUPLICATE, NOT_DICOM, FAILED, NOT_REACHED), 0)
         self.problems: list[Outcome] = []  # failed and not-DICOM files, with reasons
+        self.removed = 0  # files gone from disk whose rows were released
+        self.warnings: list[str] = []  # conflicts, workers lost
+        self.conflicts = 0
         self.seconds = 0.0
         self.interrupted = False
 
@@ -57,7 +56,16 @@ class Summary:
             self.problems.append(outcome)
 
 
-def walk(paths: Iterable[str]) -> tuple[list[FoundFile], list[Outcome]]:
+class Walk(NamedTuple):
+    found: list[FoundFile]
+    bad: list[Outcome]
+    roots: list[str]  # the absolute paths walked
+    kept: set[str]  # stored paths that exist but could not be looked at: their records stay
+    unlisted: list[str]  # folders that could not be listed: nothing under them is taken as gone
+    started_ns: int  # wall clock when the walk began
+
+
+def walk(paths: Iterable[str]) -> Walk:
     """Every regular file under `paths`, sorted, and the entries that cannot be files to read.
 
     Symbolic links to files are followed; links to directories met on the way are not (no cycles, no double
@@ -65,13 +73,16 @@ def walk(paths: Iterable[str]) -> tuple[list[FoundFile], list[Outcome]]:
     """
     found: list[FoundFile] = []
     bad: list[Outcome] = []
+    kept: set[str] = set()
+    unlisted: list[str] = []
 
     def visit_dir(path: str) -> None:
         try:
             with os.scandir(path) as entries:
                 listed = list(entries)
         except OSError as exc:
-            bad.append(Outcome(path, FAILED, f"cannot list directory: {exc.strerror}"))
+            bad.append(Outcome(to_text(path), FAILED, f"cannot list directory: {exc.strerror}"))
+            unlisted.append(path)
             return
         for entry in listed:
             try:
@@ -81,7 +92,7 @@ def walk(paths: Iterable[str]) -> tuple[list[FoundFile], list[Outcome]]:
                     continue
                 if entry.is_file(follow_symlinks=False):
                     st = entry.stat(follow_symlinks=False)
-                    found.append(FoundFile(entry.path, st.st_size, st.st_mtime_ns))
+                    found.append(FoundFile(entry.path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
                     continue
             except OSError:
                 pass  # vanished or unreadable entry: visit() says which
@@ -91,25 +102,25 @@ def walk(paths: Iterable[str]) -> tuple[list[FoundFile], list[Outcome]]:
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            if os.path.islink(path):
-                bad.append(Outcome(path, FAILED, "broken symbolic link"))
-            else:
-                bad.append(Outcome(path, FAILED, "file vanished during the walk"))
+            reason = "broken symbolic link" if os.path.islink(path) else "file vanished during the walk"
+            bad.append(Outcome(to_text(path), FAILED, reason))
             return
         except OSError as exc:
-            bad.append(Outcome(path, FAILED, f"cannot stat: {exc.strerror}"))
+            bad.append(Outcome(to_text(path), FAILED, f"cannot stat: {exc.strerror}"))
+            kept.add(to_text(path))
             return
         if stat.S_ISDIR(st.st_mode):
             if argument or not os.path.islink(path):
                 visit_dir(path)
         elif stat.S_ISREG(st.st_mode):
-            found.append(FoundFile(path, st.st_size, st.st_mtime_ns))
+            found.append(FoundFile(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
         else:
-            bad.append(Outcome(path, NOT_DICOM, "not a regular file"))
+            bad.append(Outcome(to_text(path), NOT_DICOM, "not a regular file"))
 
-    roots = list(paths)
+    started_ns = time.time_ns()
+    roots = [os.path.abspath(p) for p in paths]
     for root in roots:
-        visit(os.path.abspath(root), argument=True)
+        visit(root, argument=True)
     if len(roots) > 1:
         # Overlapping arguments (a folder and a file or folder inside it) name some paths twice: count them once
         # (the last look at a file wins, should it have changed in between).
@@ -117,23 +128,56 @@ def walk(paths: Iterable[str]) -> tuple[list[FoundFile], list[Outcome]]:
         bad = list(set(bad))
     found.sort()  # by path (unique now, so the other fields never decide)
     bad.sort()
-    return found, bad
+    return Walk(found, bad, roots, kept, unlisted, started_ns)
 
 
-def _worker_init() -> None:
-    # The parent decides what Ctrl-C means; workers just keep parsing until told to stop.
+def _under(path: str, folders: list[str]) -> bool:
+    return any(path == f or path.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
+
+
+def _worker_init(max_header_bytes: int) -> None:
+    # The parent decides what Ctrl-C and SIGTERM mean; workers just keep parsing until told to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _quiet_pydicom()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _setup_reader(max_header_bytes)
 
 
-def _quiet_pydicom() -> None:
+def _setup_reader(max_header_bytes: int) -> None:
     import logging
+
+    from ingest.reader import set_max_header_bytes
 
     warnings.simplefilter("ignore")
     logging.getLogger("pydicom").setLevel(logging.ERROR)
+    set_max_header_bytes(max_header_bytes)
 
 
-Batch = list[tuple[FoundFile, "FileResult"]]
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+def parse(path: str) -> Parsed:
+    """Read one file and hash what the records keep of it (in a worker)."""
+    from ingest.reader import read_file
+
+    r = read_file(path)
+    if r.status != "dicom":
+        return Parsed(r)
+    patient = json.dumps([r.patient[f] for f in PATIENT_FIELDS])
+    study = json.dumps([r.study[f] for f in STUDY_FIELDS])
+    # pickle, not JSON, for the content hash: a third of the cost, and as stable for the same values.
+    values = tuple(tuple(d.values()) for d in (r.patient, r.study, r.series, r.slice))
+    return Parsed(r, _digest(f"{patient}\n{study}".encode()), patient, study, _digest(pickle.dumps(values, 5)))
+
+
+def parse_chunk(paths: list[str]) -> list[Parsed]:
+    return [parse(p) for p in paths]
+
+
+def _lost(path: str, reason: str) -> Parsed:
+    from ingest.reader import FileResult
+
+    return Parsed(FileResult(path, "failed", reason, io_error=True))
 
 
 class Ingest:
@@ -146,27 +190,40 @@ class Ingest:
         batch_size: int = 1000,
         batch_seconds: float = 2.0,
         progress: Callable[[int], None] | None = None,
+        file_timeout: float = DEFAULT_FILE_TIMEOUT,
+        max_header_bytes: int | None = None,
+        prune: bool = True,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
         self.jobs = max(1, jobs)
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
         self.progress = progress or (lambda n: None)
+        self.file_timeout = file_timeout
+        self.max_header_bytes = max_header_bytes or DEFAULT_MAX_HEADER_BYTES
+        self.prune = prune
+        self.warn = warn or (lambda message: None)
         self.stop_requested = False
         self.summary = Summary()
         self._index: dict[str, IndexedFile] = {}
+        self._racy_after = 0
+        self._present: list[str] = []
 
     def request_stop(self) -> None:
         self.stop_requested = True
 
-    def run(self, found: list[FoundFile], bad: list[Outcome]) -> Summary:
+    def run(self, walked: Walk) -> Summary:
         start = time.perf_counter()
-        self.summary.found = len(found) + len(bad)
-        for outcome in bad:
+        found = walked.found
+        self.summary.found = len(found) + len(walked.bad)
+        for outcome in walked.bad:
             self.summary.add(outcome)
         self._index = self.store.file_index()
         todo = self._changed(found)
-        batch: Batch = []
+        gone = self._gone(walked) if self.prune else []
+        self._racy_after = walked.started_ns - RACY_NS
+        batch: list[Item] = []
         last_flush, done = time.monotonic(), 0
         for item in self._parse(todo):
             batch.append(item)
@@ -175,9 +232,13 @@ class Ingest:
             if self.stop_requested:
                 break
             if len(batch) >= self.batch_size or time.monotonic() - last_flush > self.batch_seconds:
-                self._flush(batch)
-                batch, last_flush = [], time.monotonic()
-        self._flush(batch)
+                self._flush(batch, gone)
+                batch, gone, last_flush = [], [], time.monotonic()
+        if batch or gone:
+            self._flush(batch, gone)
+        if todo or self.summary.removed:
+            with self.store.transaction():
+                self.store.execute(DELETE_UNUSED_HEADERS)
         if self.stop_requested:
             self.summary.interrupted = True
             self.summary.counts[NOT_REACHED] += len(todo) - done
@@ -185,14 +246,23 @@ class Ingest:
         return self.summary
 
     def _changed(self, found: list[FoundFile]) -> list[FoundFile]:
-        """The files to parse: new, changed (size or mtime), or failed last time; the rest are counted."""
+        """The files to parse: new, changed (size, mtime, inode or ctime), or failed last time."""
         todo: list[FoundFile] = []
         unchanged = 0
-        for f in found:
-            known = self._index.get(f.path)
-            if known and known.size == f.size and known.mtime_ns == f.mtime_ns and known.status in SKIPPABLE:
+        index = self._index
+        self._present = texts = [to_text(f.path) for f in found]
+        for f, text in zip(found, texts, strict=True):
+            known = index.get(text)
+            if (
+                known
+                and known.size == f.size
+                and known.mtime_ns == f.mtime_ns
+                and known.inode == f.inode
+                and known.ctime_ns == f.ctime_ns
+                and known.status in SKIPPABLE
+            ):
                 if known.status == NOT_DICOM:
-                    self.summary.add(Outcome(f.path, NOT_DICOM, "unchanged since it was found not to be DICOM"))
+                    self.summary.add(Outcome(text, NOT_DICOM, "unchanged since it was found not to be DICOM"))
                 else:
                     unchanged += 1
             else:
@@ -201,104 +271,107 @@ class Ingest:
         self.progress(len(found) - len(todo))
         return todo
 
-    def _parse(self, todo: list[FoundFile]) -> Iterator[tuple[FoundFile, FileResult]]:
+    def _gone(self, walked: Walk) -> list[str]:
+        """Stored paths under the walked roots that are no longer on disk (nor merely unreadable)."""
+        present = set(self._present) | walked.kept
+        gone = []
+        for text in self._index:
+            if text in present:
+                continue
+            path = from_text(text)
+            if _under(path, walked.roots) and not _under(path, walked.unlisted) and not os.path.lexists(path):
+                gone.append(text)
+        return sorted(gone)
+
+    # ------------------------------------------------------------------ parsing
+    def _parse(self, todo: list[FoundFile]) -> Iterator[Item]:
+        """Parsed files in `todo` order, from a pool whose workers may die or hang: a chunk that does not
+        come back in time, or whose worker died, is read again file by file; a file that fails alone is
+        reported failed, and the run goes on."""
         if not todo:
             return
-        # Imported here, before the workers fork, and only when there is something to parse (so are
-        # multiprocessing and logging): a re-run over an unchanged tree is mostly start-up, and pydicom's
-        # imports alone took longer than the rest of it.
-        from ingest.reader import read_file
-
-        if self.jobs == 1 or len(todo) < 4:
-            _quiet_pydicom()
-            for f in todo:
-                yield f, read_file(f.path)
-            return
         import multiprocessing
+        from concurrent.futures import TimeoutError as FutureTimeout
+        from concurrent.futures import wait
 
-        ctx = multiprocessing.get_context("fork")
-        chunk = max(1, min(32, len(todo) // (self.jobs * 8)))
-        with ctx.Pool(self.jobs, initializer=_worker_init) as pool:
-            yield from zip(todo, pool.imap(read_file, (f.path for f in todo), chunksize=chunk), strict=True)
-            pool.terminate()
+        from pebble import ProcessExpired, ProcessPool
 
-    def _flush(self, batch: Batch) -> None:
-        if not batch:
-            return
-        dicom = [(f, r) for f, r in batch if r.status == "dicom"]
-        owners = self.store.sop_owners([r.slice["SOPInstanceUID"] for _, r in dicom])
-        patients: dict[str, dict[str, Any]] = {}
-        studies: dict[str, dict[str, Any]] = {}
-        series: dict[str, dict[str, Any]] = {}
-        slices: list[dict[str, Any]] = []
-        sources: list[dict[str, Any]] = []
-        released: list[str] = []
-        vanished: list[str] = []
-        outcomes: list[Outcome] = []
-        for f, r in batch:
-            sop = r.slice.get("SOPInstanceUID") if r.status == "dicom" else None
-            status, reason = {"dicom": INGESTED}.get(r.status, r.status), r.reason
-            if sop is not None:
-                owner = owners.get(sop)
-                if owner is not None and owner != f.path and not os.path.exists(owner):
-                    vanished.append(owner)  # the file moved: this path takes over its instance
-                    owner = None
-                if owner is not None and owner != f.path:
-                    status, reason = DUPLICATE, f"same SOPInstanceUID as {owner}"
-                else:
-                    owners[sop] = f.path
-                    _merge(patients, r.patient["PatientID"], r.patient)
-                    _merge(studies, r.study["StudyInstanceUID"], r.study)
-                    _keep_representative(series, r.series)
-                    slices.append(r.slice)
-            previous = self._index.get(f.path)
-            if (
-                previous is not None
-                and previous.status == INGESTED
-                and previous.sop_uid
-                and previous.sop_uid != sop
-                and status != FAILED
-            ):
-                released.append(previous.sop_uid)
-            if status == FAILED and previous is not None and previous.status == INGESTED:
-                # Keep the instance the file held when it last read well; record the failure.
-                sop = previous.sop_uid
-            sources.append(
-                {
-                    "Path": f.path,
-                    "Size": f.size,
-                    "MtimeNs": f.mtime_ns,
-                    "Status": status,
-                    "SOPInstanceUID": sop,
-                    "Reason": reason,
-                }
-            )
-            outcomes.append(Outcome(f.path, status, reason))
-        promoted: list[str] = []
-        if released:
-            # A duplicate file takes over a released instance only if it is still on disk.
-            for paths in (self.store.duplicate_holders(released)).values():
-                existing = [p for p in paths if os.path.exists(p)]
-                vanished.extend(p for p in paths if p not in existing)
-                promoted.extend(existing[:1])
-        self.store.write_batch(
-            patients.values(), studies.values(), series.values(), slices, sources, released, vanished, promoted
+        # Imported before the workers fork, so that each starts with pydicom loaded.
+        _setup_reader(self.max_header_bytes)
+        chunk = max(1, min(16, len(todo) // (self.jobs * 8)))
+        chunks = deque(todo[i : i + chunk] for i in range(0, len(todo), chunk))
+        pool = ProcessPool(
+            max_workers=self.jobs,
+            initializer=_worker_init,
+            initargs=(self.max_header_bytes,),
+            context=multiprocessing.get_context("fork"),
         )
+        pending: deque = deque()
+        retried = 0
+        try:
+            while chunks or pending:
+                while chunks and len(pending) < self.jobs * 4:
+                    files = chunks.popleft()
+                    pending.append(
+                        (files, pool.schedule(parse_chunk, ([f.path for f in files],), timeout=self.file_timeout))
+                    )
+                files, future = pending.popleft()
+                while not wait([future], timeout=0.2).done:
+                    if self.stop_requested:
+                        return
+                try:
+                    results = future.result()
+                except (FutureTimeout, ProcessExpired) as exc:
+                    if len(files) > 1:
+                        retried += len(files)
+                        singles = [
+                            ([f], pool.schedule(parse_chunk, ([f.path],), timeout=self.file_timeout)) for f in files
+                        ]
+                        pending.extendleft(reversed(singles))
+                        continue
+                    results = [_lost(files[0].path, _lost_reason(exc, self.file_timeout))]
+                except Exception as exc:  # the reader never raises; a pickling problem, say, fails the file only
+                    results = [_lost(f.path, f"cannot read: {type(exc).__name__}: {exc}") for f in files]
+                for f, parsed in zip(files, results, strict=True):
+                    yield Item(f._replace(ctime_ns=-1) if f.ctime_ns >= self._racy_after else f, parsed)
+        finally:
+            pool.stop()
+            pool.join()
+            if retried:
+                self.warn(f"a worker died or hung while reading {retried} files: they were read again one by one")
+
+    def _reread(self, texts: list[str]) -> tuple[list[Item], list[str]]:
+        """Files the database names read again in this process (a new owner or representative of a batch)."""
+        _setup_reader(self.max_header_bytes)
+        items, vanished = [], []
+        for text in texts:
+            path = from_text(text)
+            try:
+                st = os.stat(path)
+            except OSError:
+                vanished.append(text)
+                continue
+            items.append(Item(FoundFile(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns), parse(path)))
+        return items, vanished
+
+    # ------------------------------------------------------------------ writing
+    def _flush(self, batch: list[Item], gone: list[str]) -> None:
+        report = apply_batch(self.store, batch, gone, self._reread)
         # Count only once the batch is committed: an interrupted write counts nothing.
-        for outcome in outcomes:
-            self.summary.add(outcome)
+        for path, status, reason in report.outcomes:
+            self.summary.add(Outcome(path, status, reason))
+        self.summary.removed += report.removed
+        self.summary.conflicts += len(report.warnings)
+        for message in report.warnings:
+            self.summary.warnings.append(message)
+            self.warn(message)
 
 
-def _merge(rows: dict[str, dict[str, Any]], key: str, row: dict[str, Any]) -> None:
-    """Later files win, but a missing value never erases a known one (as the upsert does)."""
-    current = rows.get(key)
-    if current is None:
-        rows[key] = dict(row)
-    else:
-        current.update({k: v for k, v in row.items() if v is not None})
-
-
-def _keep_representative(rows: dict[str, dict[str, Any]], row: dict[str, Any]) -> None:
-    current = rows.get(row["SeriesInstanceUID"])
-    if current is None or row["RepresentativeKey"] <= current["RepresentativeKey"]:
-        rows[row["SeriesInstanceUID"]] = row
+def _lost_reason(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError) or type(exc).__name__ == "TimeoutError":
+        return f"reading took longer than {timeout:g} s (--file-timeout): the worker was stopped"
+    code = getattr(exc, "exitcode", None)
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        return f"the worker reading it died ({name}{': out of memory?' if name == 'SIGKILL' else ''})"
+    return f"the worker reading it died (exit status {code})"

@@ -15,9 +15,11 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import stat
+import zlib
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydicom
 import pydicom.config
@@ -31,6 +33,9 @@ from pydicom.multival import MultiValue
 from pydicom.uid import PrivateTransferSyntaxes
 from pydicom.valuerep import PersonName
 from pydicom.values import convert_string
+
+from ingest.derive import rank_key
+from ingest.limits import DEFAULT_MAX_HEADER_BYTES
 
 # Values that break a VR's rules are kept as read instead of raising on access; ingest never fails a whole
 # file for one malformed number.
@@ -138,15 +143,93 @@ class FileResult:
     study: dict[str, Any] = field(default_factory=dict)
     series: dict[str, Any] = field(default_factory=dict)
     slice: dict[str, Any] = field(default_factory=dict)
+    # The file could not be read (permissions, I/O error): what it holds is unknown, so what it held stays.
+    io_error: bool = False
+
+
+# Bytes of a header read at most (ingest/limits.py): a file that claims gigabytes costs at most this much.
+_limits = {"max_header_bytes": DEFAULT_MAX_HEADER_BYTES}
+
+
+def set_max_header_bytes(limit: int) -> None:
+    _limits["max_header_bytes"] = limit
 
 
 def read_file(path: str) -> FileResult:
     """Parse the header of `path` (no pixel data, only the tags the tables need)."""
     try:
         result = read_fast(path)
+    except _NotRegular:
+        return FileResult(path, "not_dicom", "not a regular file")
+    except OSError as exc:
+        return FileResult(path, "failed", f"cannot read file: {exc.strerror or _one_line(exc)}", io_error=True)
     except Exception:  # anything unexpected: the reference path below reads the file again and says why
         result = None
     return result if result is not None else read_reference(path)
+
+
+class _NotRegular(Exception):
+    pass
+
+
+def _open(path: str) -> BinaryIO:
+    """The file, opened without blocking: a FIFO or device put where a file was is refused, never waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _NotRegular
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class _TooLong(Exception):
+    pass
+
+
+class _Bounded:
+    """A file for pydicom that never reads past `limit` bytes nor allocates more than the file holds, and notes
+    whether an element ran past the end of the file (a truncated file, whose values would be incomplete)."""
+
+    def __init__(self, fh: BinaryIO, limit: int) -> None:
+        self._fh = fh
+        self.name = getattr(fh, "name", None)
+        self.size = os.fstat(fh.fileno()).st_size
+        self.limit = limit
+        self.truncated = False
+        self.inflated_cut = False
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        position = self._fh.seek(offset, whence)
+        if position > self.size:
+            self.truncated = True  # an element skipped past the end
+        return position
+
+    def read(self, size: int | None = -1) -> bytes:
+        position = self._fh.tell()
+        if size is None or size < 0:
+            return self._deflated(position)
+        available = max(0, self.size - position)
+        if position + min(size, available) > self.limit:
+            raise _TooLong
+        if size > available and position and not (available == 0 and size == 8):
+            self.truncated = True  # a value or header cut by the end of the file (8 bytes at the end: the end)
+        return self._fh.read(min(size, available))
+
+    def _deflated(self, position: int) -> bytes:
+        """pydicom reads the rest of a deflated file at once and inflates it whole; give it a stream that
+        inflates to at most `limit` bytes (the header; what follows it is never needed)."""
+        if self.size - position > self.limit:
+            raise _TooLong
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        data = inflater.decompress(self._fh.read(), self.limit)
+        self.inflated_cut = bool(inflater.unconsumed_tail) or not inflater.eof
+        packer = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+        return packer.compress(data) + packer.flush()
 
 
 def read_reference(path: str) -> FileResult:
@@ -155,12 +238,21 @@ def read_reference(path: str) -> FileResult:
         ds = _read(path)
     except _NotDicom as exc:
         return FileResult(path, "not_dicom", str(exc))
+    except _NotRegular:
+        return FileResult(path, "not_dicom", "not a regular file")
+    except _Failed as exc:
+        return FileResult(path, "failed", str(exc))
+    except _TooLong:
+        limit = _limits["max_header_bytes"]
+        return FileResult(path, "failed", f"header longer than {limit} bytes (--max-header-bytes)")
+    except MemoryError:
+        return FileResult(path, "failed", "out of memory while reading the header")
     except RecursionError:
         return FileResult(path, "failed", "sequences nested too deeply to parse")
     except (InvalidDicomError, EOFError) as exc:
         return FileResult(path, "failed", f"invalid DICOM: {_one_line(exc)}")
     except OSError as exc:
-        return FileResult(path, "failed", f"cannot read file: {exc.strerror or _one_line(exc)}")
+        return FileResult(path, "failed", f"cannot read file: {exc.strerror or _one_line(exc)}", io_error=True)
     except Exception as exc:  # pydicom raises many kinds on corrupt input; report, never crash a run
         return FileResult(path, "failed", f"cannot parse DICOM header: {type(exc).__name__}: {_one_line(exc)}")
     try:
@@ -175,20 +267,28 @@ class _NotDicom(Exception):
     pass
 
 
+class _Failed(Exception):
+    """The file is DICOM but its header cannot be stored whole; the message says why."""
+
+
 def _read(path: str) -> Dataset:
-    if os.path.getsize(path) == 0:
-        raise _NotDicom("empty file")
-    try:
-        return _dcmread(path)
-    except InvalidDicomError:
-        # A file without the 128-byte preamble and "DICM" may still be DICOM (old ACR-NEMA style or a raw
-        # dataset): read it only when it starts like a dataset (an element of group 0002 or 0008), so that
-        # text files and images are never "read" as junk.
-        with open(path, "rb") as fh:
+    with _open(path) as raw:
+        fh = _Bounded(raw, _limits["max_header_bytes"])
+        if fh.size == 0:
+            raise _NotDicom("empty file")
+        try:
+            return _dcmread(fh)
+        except InvalidDicomError:
+            # A file without the 128-byte preamble and "DICM" may still be DICOM (old ACR-NEMA style or a raw
+            # dataset): read it only when it starts like a dataset (an element of group 0002 or 0008), so that
+            # text files and images are never "read" as junk.
+            fh.seek(0)
+            fh.truncated = False
             head = fh.read(4)
-        if head[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"):
-            return _dcmread(path, force=True)
-        raise _NotDicom("not a DICOM file (no DICM prefix, does not start with a DICOM element)") from None
+            if head[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"):
+                fh.seek(0)
+                return _dcmread(fh, force=True)
+            raise _NotDicom("not a DICOM file (no DICM prefix, does not start with a DICOM element)") from None
 
 
 # Elements come in ascending tag order: past the last tag the tables need, the rest of the header (vendor
@@ -203,9 +303,21 @@ def _past_last_tag(tag: int, vr: str | None, length: int) -> bool:
     return int.__gt__(tag, _LAST_TAG)  # int's comparison: BaseTag's Python-level __gt__ is slow here
 
 
-def _dcmread(path: str, force: bool = False) -> Dataset:
-    with open(path, "rb") as fh:
-        return read_partial(fh, stop_when=_past_last_tag, specific_tags=_TAGS, force=force)
+def _dcmread(fh: _Bounded, force: bool = False) -> Dataset:
+    stopped: list[bool] = []
+
+    def stop(tag: int, vr: str | None, length: int) -> bool:
+        if int.__gt__(tag, _LAST_TAG):
+            stopped.append(True)
+            return True
+        return False
+
+    ds = read_partial(fh, stop_when=stop, specific_tags=_TAGS, force=force)  # type: ignore[arg-type]
+    if fh.truncated and not stopped:
+        raise _Failed("truncated: an element runs past the end of the file, before the last attribute read")
+    if fh.inflated_cut and not stopped:
+        raise _Failed(f"deflated header larger than {fh.limit} bytes (--max-header-bytes)")
+    return ds
 
 
 def _to_result(path: str, ds: Dataset) -> FileResult:
@@ -240,11 +352,8 @@ def _rows(path: str, values: dict[str, str | None]) -> FileResult:
 
 
 def representative_key(instance_number: str | None, sop_uid: str) -> str:
-    """Sort key choosing a series' representative instance: smallest InstanceNumber, then SOPInstanceUID."""
-    number = _as_int(instance_number)
-    # Offset so that negative numbers sort before positive ones as text; instances without a number last.
-    rank = f"{number + 10**11:013d}" if number is not None and abs(number) < 10**11 else "9" * 13
-    return f"{rank}|{sop_uid}"
+    """Sort key choosing a series' representative instance (ingest/derive.py)."""
+    return rank_key(_as_int(instance_number), sop_uid)
 
 
 def _value(ds: Dataset, keyword: str, charset: Any) -> str | None:
@@ -337,7 +446,12 @@ def _get(ds: Dataset, keyword: str, charset: Any = None) -> Any:
     if elem is None:
         return None
     if isinstance(elem, RawDataElement):
-        elem = convert_raw_data_element(elem, encoding=charset or ds._character_set, ds=ds)
+        try:
+            elem = convert_raw_data_element(elem, encoding=charset or ds._character_set, ds=ds)
+        except (ValueError, OverflowError):
+            if elem.VR not in ("IS", "DS", None) or not isinstance(elem.value, bytes):
+                raise
+            return elem.value  # a number pydicom cannot hold (1e400, Infinity): kept as text, stored as NULL
     return elem.value
 
 
@@ -379,12 +493,13 @@ def _not_group_2(tag: int, vr: str | None, length: int) -> bool:
 
 def read_fast(path: str) -> FileResult | None:
     """`read_file` for the common file, or None when the file needs the reference path."""
-    with open(path, "rb") as fh:
-        data = fh.read(_FIRST_READ)
-        elements = _header_elements(data, complete=len(data) < _FIRST_READ)
-        if elements is _GOES_ON:
-            data += fh.read(_MAX_READ - len(data))
-            elements = _header_elements(data, complete=len(data) < _MAX_READ)
+    most = min(_MAX_READ, _limits["max_header_bytes"])
+    with _open(path) as fh:
+        data = fh.read(min(_FIRST_READ, most))
+        elements = _header_elements(data, complete=len(data) < min(_FIRST_READ, most))
+        if elements is _GOES_ON and len(data) < most:
+            data += fh.read(most - len(data))
+            elements = _header_elements(data, complete=len(data) < most)
     if not isinstance(elements, dict) or TAG_OF["DirectoryRecordSequence"] in elements:
         return None
     try:
@@ -431,8 +546,10 @@ def _header_elements(data: bytes, complete: bool) -> dict[int, RawDataElement] |
         if complete:
             raise  # read_file goes the reference way, which says what is wrong
         return _GOES_ON  # a sequence running past the bytes read raises where a plain element would not
-    if fp.tell() >= len(data) and not complete:
-        return _GOES_ON  # the bytes read ended before the last needed tag
+    if fp.tell() >= len(data):
+        # The bytes read ended before the last needed tag: read on, or, at the end of the file, let the
+        # reference path tell a header that simply ends there from a truncated one.
+        return None if complete else _GOES_ON
     return elements
 
 

@@ -26,7 +26,8 @@ def test_every_option_has_help(parser) -> None:
 
 def test_ingest_help_lists_its_exit_statuses() -> None:
     text = " ".join(run_ingest("--help", check=0).stdout.split())
-    for status in ("0 every DICOM file", "1 some files failed", "2 usage error", "3 database error", "130 interrupted"):
+    statuses = ("0 every DICOM file", "1 some files failed", "2 usage error", "3 database error", "130 interrupted")
+    for status in (*statuses, "143 terminated"):
         assert status in text
 
 

@@ -50,8 +50,13 @@ def test_both_paths_agree_on_every_file_pydicom_ships_and_the_scanner_series() -
             assert fast == reference, path
         assert read_file(str(path)) == reference, path
     # The fast path must carry the common files, or it is dead code: every image of the dicomdirtests
-    # hierarchy (explicit VR little endian with file meta) goes that way.
-    dicomdir_images = [p for p in _all_files(DICOMDIR_TESTS) if not p.name.startswith(("DICOMDIR", "README"))]
+    # hierarchy (explicit VR little endian with file meta) goes that way, but for TINY_ALPHA's header-only files,
+    # which end before the last attribute read: the reference path tells those from truncated files.
+    dicomdir_images = [
+        p
+        for p in _all_files(DICOMDIR_TESTS)
+        if not p.name.startswith(("DICOMDIR", "README")) and "TINY_ALPHA" not in p.parts
+    ]
     assert dicomdir_images and all(_fast_or_none(p) is not None for p in dicomdir_images)
     assert fast_count >= len(dicomdir_images)
 
