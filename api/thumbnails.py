@@ -27,6 +27,7 @@ from api.db import Database
 from api.errors import DatabaseBusy, DatabaseUnavailable
 from api.images import NoImage, thumbnail_png
 from api.settings import Settings
+from ingest.paths import from_text
 
 log = logging.getLogger("dicom_api.thumbnails")
 
@@ -82,6 +83,7 @@ class Thumbnails:
             return _error(503, "UNAVAILABLE", "The database is not available right now; try again.")
         if path is None:
             return _error(404, "NOT_FOUND", f"No series {series} with an ingested file.")
+        path = from_text(path)  # a name that is not UTF-8 is stored escaped (ingest/paths.py)
         try:
             stat = os.stat(path)
         except OSError as exc:

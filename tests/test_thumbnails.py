@@ -84,6 +84,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_image(out / "ramp.dcm", "ramp", 1, ramp)
     # Pixel data shorter than Rows x Columns say: cannot be decoded.
     write_image(out / "short.dcm", "short", 1, uniform(1, (8, 8)), Rows=64, Columns=64)
+    # A file name that is not UTF-8 (stored escaped by the ingest).
+    write_image(Path(os.fsdecode(bytes(out) + b"/caf\xe9.dcm")), "latin1", 1, uniform(100), **window)
     # A file that is deleted after the ingest.
     write_image(out / "gone.dcm", "gone", 1, uniform(1))
     # pydicom's JPEG 2000 CT and a structured report (no pixels).
@@ -118,6 +120,7 @@ def test_the_middle_slice_windowed_as_the_file_says(api: Api) -> None:
     assert stack.shape == (32, 32) and set(np.unique(stack)) == {128}
     assert set(np.unique(thumbnail(api, uid("rescaled")))) == {128}
     assert set(np.unique(thumbnail(api, uid("mono1")))) == {255}
+    assert set(np.unique(thumbnail(api, uid("latin1")))) == {128}
 
 
 def test_without_a_window_the_frame_range_and_at_most_256_pixels(api: Api) -> None:
