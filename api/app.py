@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -19,9 +18,11 @@ from graphql import GraphQLError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
@@ -30,12 +31,15 @@ from strawberry.schema import BaseSchema
 from strawberry.types import ExecutionResult
 
 from api.auth import RequireToken, describe_tokens, principal_of
+from api.browser import browser_page
 from api.db import Database
+from api.graphiql import STATIC, graphiql_response
 from api.limits import timeout_error
 from api.loaders import Context, Loaders
 from api.masking import Access, Pseudonyms
 from api.schema import build_schema, unexpected
 from api.settings import Settings
+from api.thumbnails import Thumbnails
 from api.types import make_node
 
 log = logging.getLogger("dicom_api")
@@ -44,23 +48,37 @@ log = logging.getLogger("dicom_api")
 # adds at most this long's worth of rows that the budget does not yet know of.
 ROW_COUNT_INTERVAL = 10.0
 
-DEFAULT_QUERY = """# dicom-db GraphQL API. Ctrl-Enter runs the query; the Docs panel lists every field,
-# filter (where), ordering (orderBy) and facet (groupBy). More examples: docs/api.md.
+DEFAULT_QUERY = """# dicom-db. Ctrl-Enter runs this query; the
+# Docs panel lists every field, filter (where),
+# order (orderBy) and facet (groupBy).
+# More examples: docs/api.md
 {
-  allPatients(first: 10, orderBy: [{field: PATIENT_NAME}]) {
+  allPatients(
+    first: 10
+    orderBy: [{field: PATIENT_NAME}]
+  ) {
     totalCount
     pageInfo { hasNextPage endCursor }
     nodes {
       patientId
       patientName
       studyCount
-      studies(orderBy: [{field: STUDY_DATE, direction: DESC}]) {
+      studies(
+        orderBy: [
+          {field: STUDY_DATE, direction: DESC}
+        ]
+      ) {
         nodes {
           studyDate
           studyDescription
           modalities
           series(first: 5) {
-            nodes { modality seriesDescription sliceThickness sliceCount }
+            nodes {
+              modality
+              seriesDescription
+              sliceThickness
+              sliceCount
+            }
           }
         }
       }
@@ -73,10 +91,9 @@ DEFAULT_QUERY = """# dicom-db GraphQL API. Ctrl-Enter runs the query; the Docs p
 """
 
 
-# The same, for a token that may not order by patient name.
-DEIDENTIFIED_DEFAULT_QUERY = DEFAULT_QUERY.replace(
-    "allPatients(first: 10, orderBy: [{field: PATIENT_NAME}])", "allPatients(first: 10)"
-)
+# The same, for a token that may not order by patient name. (Lines stay short: the query fits GraphiQL's editor
+# at 1280 px, which tests/test_browser.py checks.)
+DEIDENTIFIED_DEFAULT_QUERY = DEFAULT_QUERY.replace("    orderBy: [{field: PATIENT_NAME}]\n", "")
 
 
 class GraphQLApp(GraphQL[Context, None]):
@@ -125,19 +142,11 @@ class GraphQLApp(GraphQL[Context, None]):
         principal = principal_of(request.scope, bool(self.settings.tokens))
         deidentified = principal is not None and not principal.level.full
         query = DEIDENTIFIED_DEFAULT_QUERY if deidentified else DEFAULT_QUERY
-        return HTMLResponse(with_default_query(self.graphql_ide_html, query))
+        return graphiql_response(query)
 
 
 def _masked(error: GraphQLError) -> GraphQLError:
     return GraphQLError("Unexpected error.", nodes=error.nodes, path=error.path)
-
-
-def with_default_query(html: str, query: str) -> str:
-    """Strawberry's GraphiQL page with `query` in its editor instead of the generic welcome text."""
-    literal = query.replace("\\", "\\\\").replace("`", "\\`").replace("${", "\\${")
-    return re.sub(
-        r"const EXAMPLE_QUERY = `.*?`;", lambda _: f"const EXAMPLE_QUERY = `{literal}`;", html, count=1, flags=re.S
-    )
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -153,6 +162,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     graphql = GraphQLApp(schema, database=database, settings=settings)
     # With tokens, nothing reaches the GraphQL view (GraphiQL page included) without a valid one.
     endpoint: ASGIApp = RequireToken(graphql, settings.tokens) if settings.tokens else graphql
+    thumbnails: ASGIApp = Thumbnails(database, settings)
+    if settings.tokens:
+        thumbnails = RequireToken(thumbnails, settings.tokens)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -173,9 +185,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             return JSONResponse({"status": "unavailable"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    async def home(request: Request) -> Response:
-        return RedirectResponse("/graphql")
-
     middleware = []
     if settings.cors_origins:
         middleware.append(
@@ -191,7 +200,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             Route("/graphql", endpoint, methods=["GET", "POST"]),
             Route("/healthz", healthz, methods=["GET"]),
-            Route("/", home, methods=["GET"]),
+            Route("/thumbnails/{series_uid}.png", thumbnails, methods=["GET"]),
+            Route("/", browser_page, methods=["GET"]),
+            Route("/studies/{study_uid}", browser_page, methods=["GET"]),
+            # GraphiQL's builds and the study browser: public code, no data, so no token is needed for them.
+            Mount("/static", GZipMiddleware(StaticFiles(directory=STATIC)), name="static"),
         ],
         middleware=middleware,
         lifespan=lifespan,

@@ -1,7 +1,7 @@
 """`dicom-api`: parse options, check where it may listen and that the database opens, serve the app with uvicorn.
 
 Exit codes: 2 bad option, URL or token configuration, or a refused address; 3 the database cannot be opened or
-lacks the dicom-db tables.
+lacks the dicom-db tables; 4 the address cannot be listened on (the port is in use).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from api.app import create_app
 from api.auth import BindRefused, check_bind
 from api.db import Database
 from api.errors import DatabaseUnavailable, UnsupportedDatabaseURL
+from api.listen import AddressUnavailable, check_address
 from api.settings import DEFAULT_DB, Settings, SettingsError
 
-EXIT_USAGE, EXIT_DATABASE = 2, 3
+EXIT_USAGE, EXIT_DATABASE, EXIT_ADDRESS = 2, 3, 4
 
 EPILOG = """\
 authentication:
@@ -32,7 +33,8 @@ authentication:
   --pseudonym-key-file / DICOM_API_PSEUDONYM_KEY_FILE); without a key, pseudonyms change at every start.
 
 exit status: 0 stopped normally; 2 bad option, URL or token configuration, or an address refused without
-authentication; 3 the database cannot be opened or lacks the dicom-db tables. docs/api.md has every setting."""
+authentication; 3 the database cannot be opened or lacks the dicom-db tables; 4 the address cannot be listened
+on (the port is in use). docs/api.md has every setting."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a browser origin allowed to call the API, e.g. http://localhost:3000 (repeatable; default: "
         "$DICOM_API_CORS_ORIGINS, comma-separated, else none)",
     )
-    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="least severe messages logged, the server's and uvicorn's (default: %(default)s)",
+    )
 
     access = parser.add_argument_group("access")
     access.add_argument(
@@ -143,6 +150,10 @@ def main(argv: list[str] | None = None) -> None:
         _exit(EXIT_USAGE, str(exc))
     except DatabaseUnavailable as exc:
         _exit(EXIT_DATABASE, str(exc))
+    try:
+        check_address(settings.host, settings.port)
+    except AddressUnavailable as exc:
+        _exit(EXIT_ADDRESS, str(exc))
     _log_to_stderr(log_level)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
 

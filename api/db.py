@@ -406,6 +406,21 @@ class Database:
         rows = await self.fetch(sql, {**where.values, "parents": json_list(parents)})
         return [(p, v, int(n)) for p, v, n in rows]
 
+    async def middle_instance_file(self, series_uid: str) -> str | None:
+        """The file of the series' middle instance, in InstanceNumber order (instances without one last, ties by
+        SOPInstanceUID), from the ingest's file index; None for an unknown series or one without a file."""
+        source = (
+            'FROM "SliceMetadata" s JOIN "SourceFile" f ON f."SOPInstanceUID" = s."SOPInstanceUID" '
+            """AND f."Status" = 'ingested' WHERE s."SeriesInstanceUID" = :series"""
+        )
+        count = int((await self.fetch(f"SELECT COUNT(*) {source}", {"series": series_uid}))[0][0])
+        if not count:
+            return None
+        order = 's."SliceNumber" IS NULL, s."SliceNumber", s."SOPInstanceUID"'
+        sql = f'SELECT f."Path" {source} ORDER BY {order} LIMIT 1 OFFSET :middle'
+        rows = await self.fetch(sql, {"series": series_uid, "middle": count // 2})
+        return rows[0][0] if rows else None
+
     def _group_expr(self, table: Table, column: str, date_part: str | None, view: str = "") -> str:
         if view == "shifted":
             expr = shifted_expr(table, table.by_name[column], "t0", self.dialect)

@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dicom-ingest",
         description="Walk files and folders recursively, read DICOM headers and fill the dicom-db database "
         "(Patient, Study, Series, SliceMetadata). Unchanged files are skipped on later runs.",
+        epilog="exit status: 0 every DICOM file found was ingested (or was unchanged); 1 some files failed (listed, "
+        "and in --errors); 2 usage error (bad path, bad URL, bad option, an --errors file that cannot be written); "
+        "3 database error; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): what was committed stays, a re-run "
+        "goes on from there.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or folders to walk")
     parser.add_argument(

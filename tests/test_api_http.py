@@ -4,6 +4,7 @@ settings, and the real `dicom-api` command serving the example client."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -54,11 +55,11 @@ def test_get_in_a_browser_serves_graphiql_with_a_default_query(synthetic: Api) -
     assert response.status_code == 200
     assert "text/html" in response.headers["content-type"]
     assert "graphiql" in response.text.lower()
-    assert "allPatients(first: 10" in response.text
+    assert json.dumps(DEFAULT_QUERY) in response.text  # the page's example query (tests/test_graphiql.py)
     assert "Welcome to GraphiQL" not in response.text
     # The default query is a valid query over this schema.
     assert "errors" not in synthetic.post(DEFAULT_QUERY)
-    assert synthetic.client.get("/", follow_redirects=False).headers["location"] == "/graphql"
+    assert "/static/browser/browser.js" in synthetic.client.get("/").text  # the study browser (test_browser*.py)
 
 
 def test_malformed_requests_get_clear_answers_never_a_server_error(synthetic: Api) -> None:
