@@ -18,6 +18,7 @@ from strawberry.types import ExecutionContext
 from strawberry.utils.logging import StrawberryLogger
 
 from api.columns import PATIENT, SERIES, SLICE, STUDY
+from api.execution import CooperativeExecution
 from api.limits import QueryGuard, RowCounts
 from api.settings import Settings
 from api.types import (
@@ -145,7 +146,7 @@ def build_schema(settings: Settings | None = None, row_counts: RowCounts | None 
         extensions.append(partial(MaskErrors, should_mask_error=unexpected))
     if not settings.introspection:
         extensions.append(DisableIntrospection)
-    return Schema(query=Query, extensions=extensions)
+    return Schema(query=Query, extensions=extensions, execution_context_class=CooperativeExecution)
 
 
 def sdl() -> str:
