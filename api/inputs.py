@@ -99,6 +99,8 @@ def input_errors(document: DocumentNode, variables: Any, settings: Settings) -> 
     class Arguments(Visitor):
         def enter_field(self, node: FieldNode, *_: Any) -> None:
             for argument in node.arguments or ():
+                if isinstance(argument.value, VariableNode):  # measured as the variable
+                    continue
                 size = measure_ast(argument.value, measured)
                 _check(size, f"argument `{argument.name.value}` of `{node.name.value}`", settings, errors)
 
