@@ -162,13 +162,30 @@ class GraphQLApp(GraphQL[Context, None]):
         deadline = getattr(request.state, DEADLINE, None) or asyncio.get_running_loop().time() + self.settings.timeout
         try:
             async with asyncio.timeout_at(deadline):
-                return Encoded(response, await encode_response(response, limit))
+                text = await encode_response(response, limit)
         except ResponseTooLarge:
             log.warning("a response exceeded the limit of %d bytes and was not sent", limit)
             return await super().process_result(request, ExecutionResult(None, [response_too_large(limit)]))
         except TimeoutError:
             log.warning("a request ran into the time limit of %g s and was stopped", self.settings.timeout)
             return await super().process_result(request, ExecutionResult(None, [timeout_error(self.settings.timeout)]))
+        if not prefers_graphql_response(request.headers.get("accept", "")):
+            return Encoded(response, text)
+        # GraphQL over HTTP's own media type: a request that failed before execution (it did not parse or
+        # validate, its variables did not coerce, a limit refused it) has no `data` and a 400. Errors of the
+        # execution have a path, but for the time limit, which stops an execution under way.
+        before_execution = all(e.path is None and _code(e) != "TIME_LIMIT_EXCEEDED" for e in result.errors or ())
+        if result.data is None and result.errors and before_execution:
+            response = {k: v for k, v in response.items() if k != "data"}  # type: ignore[assignment]
+            return Encoded(response, await encode_response(response, limit), 400, GRAPHQL_RESPONSE)
+        return Encoded(response, text, 200, GRAPHQL_RESPONSE)
+
+    def create_response(self, response_data: Any, sub_response: Response) -> Response:
+        response = super().create_response(response_data, sub_response)
+        if isinstance(response_data, Encoded) and response_data.media_type != "application/json":
+            response.status_code = response_data.status
+            response.headers["content-type"] = response_data.media_type
+        return response
 
     def encode_json(self, data: object) -> str | bytes:
         return data.text if isinstance(data, Encoded) else super().encode_json(data)
@@ -198,11 +215,41 @@ DEADLINE = "dicom_api_deadline"  # where a request's deadline (event-loop time) 
 
 
 class Encoded(dict):  # type: ignore[type-arg]
-    """A response and its JSON text, encoded by `GraphQLApp.process_result`."""
+    """A response and its JSON text, encoded by `GraphQLApp.process_result`, with its status and media type."""
 
-    def __init__(self, response: GraphQLHTTPResponse, text: str) -> None:
+    def __init__(
+        self, response: GraphQLHTTPResponse, text: str, status: int = 200, media_type: str = "application/json"
+    ) -> None:
         super().__init__(response)
         self.text = text
+        self.status = status
+        self.media_type = media_type
+
+
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+
+
+def prefers_graphql_response(accept: str) -> bool:
+    """Whether an Accept header prefers `application/graphql-response+json` to `application/json` (higher
+    quality; on a tie, the newer type). Without either (no header, `*/*`) the answer is `application/json`."""
+    quality: dict[str, float] = {}
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        quality[media.lower()] = max(q, quality.get(media.lower(), 0.0))
+    new = quality.get(GRAPHQL_RESPONSE, 0.0)
+    return new > 0 and new >= quality.get("application/json", 0.0)
+
+
+def _code(error: GraphQLError) -> Any:
+    return (error.extensions or {}).get("code")
 
 
 def _sentence(text: str) -> str:
@@ -307,6 +354,12 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error_response(500, "Unexpected error.", "INTERNAL_SERVER_ERROR")
 
 
+RANDOM_KEY_WARNING = (
+    "no pseudonym key configured (DICOM_API_PSEUDONYM_KEY or DICOM_API_PSEUDONYM_KEY_FILE): the pseudonyms "
+    "de-identified tokens see change whenever the server restarts"
+)
+
+
 def _log_access_settings(settings: Settings, pseudonyms: Pseudonyms) -> None:
     if settings.tokens:
         log.info("authentication required; tokens: %s", describe_tokens(settings.tokens))
@@ -314,10 +367,7 @@ def _log_access_settings(settings: Settings, pseudonyms: Pseudonyms) -> None:
         log.info("no tokens configured: every request has full access")
     deidentified = any(t.level is AccessLevel.DEIDENTIFIED for t in settings.tokens)
     if deidentified and not pseudonyms.configured:
-        log.warning(
-            "no pseudonym key configured (DICOM_API_PSEUDONYM_KEY or DICOM_API_PSEUDONYM_KEY_FILE): the pseudonyms "
-            "de-identified tokens see change whenever the server restarts"
-        )
+        log.warning(RANDOM_KEY_WARNING)
 
 
 async def _count_rows_every(database: Database, seconds: float) -> None:

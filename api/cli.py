@@ -25,13 +25,14 @@ import uvicorn
 import uvicorn.config
 from starlette.applications import Starlette
 
-from api.app import create_app
-from api.auth import BindRefused, check_bind
+from api.app import RANDOM_KEY_WARNING, create_app
+from api.auth import AccessLevel, BindRefused, check_bind
 from api.db import Database
 from api.errors import DatabaseUnavailable, UnsupportedDatabaseURL
 from api.settings import DEFAULT_DB, Settings, SettingsError
 
 EXIT_USAGE, EXIT_DATABASE = 2, 3
+WORKER_HEALTHCHECK_SECONDS = 30
 ARGV_ENV = "DICOM_API_WORKER_ARGV"  # the command line's arguments, for the workers (JSON list)
 
 EPILOG = """\
@@ -173,12 +174,18 @@ def main(argv: list[str] | None = None) -> None:
     os.environ[ARGV_ENV] = json.dumps(argv)
     if settings.pseudonym_key is None:  # one random key for all workers, else each would pseudonymise its own way
         os.environ["DICOM_API_PSEUDONYM_KEY"] = secrets.token_urlsafe(32)
+        if any(t.level is AccessLevel.DEIDENTIFIED for t in settings.tokens):  # the workers now see a key
+            print(f"WARNING:     dicom_api: {RANDOM_KEY_WARNING}", file=sys.stderr, flush=True)
     uvicorn.run(
         "api.cli:worker_app",
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
+        # The supervisor kills a worker that does not answer its ping within this long. A worker deep in a
+        # heavy request (a garbage collection of a large response holds the interpreter) is busy, not hung,
+        # and killing it would drop every request it serves.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
         log_level=log_level,
         log_config=log_config(log_level),
     )

@@ -38,7 +38,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default
     default_page_size: int = 100  # `first` when a connection is asked without it
     max_page_size: int = 1000  # the largest `first` accepted (and the largest `groupBy` list)
-    pool_size: int = 4  # database connections kept open; each request holds one while it runs
+    pool_size: int = 16  # database connections kept open per worker; each request holds one while it runs
     busy_timeout_ms: int = 5000  # how long an SQLite read waits for a writer's lock
     graphiql: bool = True  # serve GraphiQL on GET /graphql to browsers
     introspection: bool = True
@@ -62,7 +62,7 @@ class Settings:
     # a term of the SQL condition, and SQLite refuses conditions nested or chained beyond its parser's limits.
     max_where_depth: int = 12
     max_where_size: int = 1000
-    pool_timeout: float = 2.0  # seconds a request waits for a free database connection before UNAVAILABLE
+    pool_timeout: float = 10.0  # seconds a request waits for a free database connection before UNAVAILABLE
     # Serving: worker processes, each with its own event loop and connection pool.
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
 

@@ -355,3 +355,21 @@ def test_workers_are_separate_processes(server: ApiProcess) -> None:
     output = server.output()
     assert output.count("Started server process") == 2, output
     assert "Started parent process" in output
+
+
+def test_workers_share_one_pseudonym_key(scaled_db: Path, tmp_path: Path) -> None:
+    # Without a configured key the server makes one at start, for all its workers: a de-identified client sees
+    # the same pseudonym whichever worker answers (each request on a new connection, which any worker may take).
+    token = secrets.token_urlsafe(24)
+    env = {"DICOM_API_TOKENS": f"{token}:deidentified:researcher"}
+    with api_process(f"sqlite:///{scaled_db}", "--workers", "2", log=tmp_path / "keys.log", env=env) as api:
+        query = {"query": "{ allPatients(first: 1) { nodes { patientId } } }"}
+        headers = {"authorization": f"Bearer {token}"}
+        seen = {
+            httpx.post(f"{api.url}/graphql", json=query, headers=headers).json()["data"]["allPatients"]["nodes"][0][
+                "patientId"
+            ]
+            for _ in range(30)
+        }
+    assert len(seen) == 1 and not seen.pop().startswith("SC")  # a pseudonym, the same every time
+    assert "no pseudonym key configured" in (tmp_path / "keys.log").read_text()

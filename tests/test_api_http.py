@@ -280,3 +280,31 @@ def test_cli_serves_the_example_client(synthetic_db: Path, tmp_path: Path) -> No
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_graphql_response_json_is_answered_with_its_status_codes(synthetic: Api) -> None:
+    client = synthetic.client
+    new = {"accept": "application/graphql-response+json"}
+    ok = client.post("/graphql", json={"query": "{ allSeries { totalCount } }"}, headers=new)
+    assert ok.status_code == 200 and ok.headers["content-type"] == "application/graphql-response+json"
+    assert ok.json() == {"data": {"allSeries": {"totalCount": 6}}}
+    for query, variables in (
+        ("{ allSeries { ", {}),  # does not parse
+        ("{ allSeries { nope } }", {}),  # does not validate
+        ("query($n: Int) { allSeries(first: $n) { totalCount } }", {"n": "x"}),  # variables do not coerce
+    ):
+        failed = client.post("/graphql", json={"query": query, "variables": variables}, headers=new)
+        assert failed.status_code == 400, failed.text
+        assert failed.headers["content-type"] == "application/graphql-response+json"
+        assert "data" not in failed.json() and failed.json()["errors"]
+    # An error during execution keeps `data` and 200.
+    partial = client.post("/graphql", json={"query": "{ allSeries(first: -1) { totalCount } }"}, headers=new)
+    assert partial.status_code == 200 and partial.json()["data"] is None
+    # application/json (and no preference) keep the old answers: 200, with `data`.
+    legacy = client.post("/graphql", json={"query": "{ allSeries { nope } }"})
+    assert legacy.status_code == 200 and legacy.headers["content-type"] == "application/json"
+    assert legacy.json()["data"] is None
+    both = {"accept": "application/json;q=0.9, application/graphql-response+json"}
+    assert client.post("/graphql", json={"query": "{ x }"}, headers=both).status_code == 400
+    prefers_json = {"accept": "application/json, application/graphql-response+json;q=0.5"}
+    assert client.post("/graphql", json={"query": "{ x }"}, headers=prefers_json).status_code == 200
