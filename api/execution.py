@@ -8,7 +8,13 @@ other request of the worker wait, and the time limit cannot fire. So here
 - long lists are completed a slice at a time, yielding to the loop between slices (`CooperativeExecution`);
 - the response is encoded piece by piece (`encode_response`), yielding to the loop and counting bytes as it
   goes: a response over `maxResponseBytes` is abandoned before it is ever whole, and the client gets an error
-  instead of a truncated document.
+  instead of a truncated document;
+- past the request's deadline every object fails at once (`complete_object_value`), so that the rest of a
+  cancelled execution costs little.
+
+What this cannot do: graphql-core completes a list with one task per row, and the tasks of a large request are
+all ready in the same turn of the loop, which the other requests of the worker then wait for
+(docs/benchmarks.md, "Availability under abuse").
 """
 
 from __future__ import annotations
