@@ -1,4 +1,10 @@
-"""`dicom-api`: parse options, check where it may listen and that the database opens, serve the app with uvicorn.
+"""`dicom-api`: parse options, check where it may listen and that the database opens, serve the app with uvicorn
+in `--workers` processes (uvicorn's own supervisor: it binds the socket once, starts the workers and restarts one
+that dies).
+
+Each worker builds its app from the same command line (`worker_app`, an application factory: uvicorn starts its
+workers afresh, so they get the arguments through the environment, never the tokens themselves), and the one
+pseudonym key is made here, so that every worker shows a patient under the same pseudonym.
 
 Exit codes: 2 bad option, URL or token configuration, or a refused address; 3 the database cannot be opened or
 lacks the dicom-db tables; 4 the address cannot be listened on (the port is in use).
@@ -8,12 +14,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import copy
+import json
+import os
+import secrets
 import sys
+from typing import Any
 
 import uvicorn
+import uvicorn.config
+from starlette.applications import Starlette
 
-from api.app import create_app
+from api.app import RANDOM_KEY_WARNING, create_app
 from api.auth import BindRefused, check_bind
 from api.db import Database
 from api.errors import DatabaseUnavailable, UnsupportedDatabaseURL
@@ -21,6 +33,8 @@ from api.listen import AddressUnavailable, check_address
 from api.settings import DEFAULT_DB, Settings, SettingsError
 
 EXIT_USAGE, EXIT_DATABASE, EXIT_ADDRESS = 2, 3, 4
+WORKER_HEALTHCHECK_SECONDS = 30
+ARGV_ENV = "DICOM_API_WORKER_ARGV"  # the command line's arguments, for the workers (JSON list)
 
 EPILOG = """\
 authentication:
@@ -63,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
         help="least severe messages logged, the server's and uvicorn's (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes, each with its own connections: a heavy request keeps one busy, the others "
+        "serve (default: $DICOM_API_WORKERS, else the machine's cores)",
     )
 
     access = parser.add_argument_group("access")
@@ -109,8 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("--max-aliases", "max_aliases", int, "aliased fields of a query"),
         ("--max-tokens", "max_tokens", int, "lexical tokens of a query document"),
         ("--max-nodes", "max_nodes", int, "rows a query may return, counted from its page sizes before it runs"),
-        ("--timeout", "timeout", float, "seconds a request may run"),
-        ("--pool-size", "pool_size", int, "database connections (one per request being served)"),
+        ("--timeout", "timeout", float, "seconds a request may run, all its work included"),
+        ("--max-body-bytes", "max_body_bytes", int, "size of a request body (larger: 413)"),
+        ("--max-response-bytes", "max_response_bytes", int, "size of a response (larger: an error instead)"),
+        ("--max-list-length", "max_list_length", int, "items of a list in an argument or variable"),
+        ("--max-where-depth", "max_where_depth", int, "input objects nested in an argument or variable (where)"),
+        ("--max-where-size", "max_where_size", int, "input objects in an argument or variable (where)"),
+        ("--pool-size", "pool_size", int, "database connections per worker (one per request being served)"),
+        ("--pool-timeout", "pool_timeout", float, "seconds a request waits for a connection (then UNAVAILABLE)"),
     ):
         limits.add_argument(
             option,
@@ -137,6 +164,7 @@ def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None 
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     log_level = args.log_level
     try:
@@ -154,18 +182,46 @@ def main(argv: list[str] | None = None) -> None:
         check_address(settings.host, settings.port)
     except AddressUnavailable as exc:
         _exit(EXIT_ADDRESS, str(exc))
-    _log_to_stderr(log_level)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level)
+    os.environ[ARGV_ENV] = json.dumps(argv)
+    if settings.pseudonym_key is None:  # one random key for all workers, else each would pseudonymise its own way
+        os.environ["DICOM_API_PSEUDONYM_KEY"] = secrets.token_urlsafe(32)
+        if any(not t.level.full for t in settings.tokens):  # the workers now see a key
+            print(f"WARNING:     dicom_api: {RANDOM_KEY_WARNING}", file=sys.stderr, flush=True)
+    uvicorn.run(
+        "api.cli:worker_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        # The supervisor kills a worker that does not answer its ping within this long. A worker deep in a
+        # heavy request (a garbage collection of a large response holds the interpreter) is busy, not hung,
+        # and killing it would drop every request it serves.
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
+        log_level=log_level,
+        log_config=log_config(log_level),
+    )
 
 
-def _log_to_stderr(level: str) -> None:
-    """The API's own messages (authentication, refused requests, server errors) beside uvicorn's."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
-    logger = logging.getLogger("dicom_api")
-    logger.addHandler(handler)
-    logger.setLevel(level.upper())
-    logger.propagate = False
+def worker_app() -> Starlette:
+    """The app of one worker, from the command line `main` checked (uvicorn calls this in each worker)."""
+    args = build_parser().parse_args(json.loads(os.environ.get(ARGV_ENV, "[]")))
+    return create_app(settings_from_args(args))
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """Uvicorn's logging, with the API's own messages (authentication, refused requests, server errors) beside
+    its own, and its access log without query strings (api.http.RedactQueryString)."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_query"] = {"()": "api.http.RedactQueryString"}
+    config["handlers"]["access"]["filters"] = ["redact_query"]
+    config["formatters"]["dicom_api"] = {"format": "%(levelname)s:     %(name)s: %(message)s"}
+    config["handlers"]["dicom_api"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "dicom_api",
+        "stream": "ext://sys.stderr",
+    }
+    config["loggers"]["dicom_api"] = {"handlers": ["dicom_api"], "level": level.upper(), "propagate": False}
+    return config
 
 
 async def _check_database(settings: Settings) -> None:

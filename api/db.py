@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -27,7 +28,7 @@ from databases import DatabaseURL
 from databases.core import Connection
 
 from api.columns import TABLES, Kind, Table
-from api.errors import DatabaseBusy, DatabaseUnavailable, UnsupportedDatabaseURL
+from api.errors import DatabaseBusy, DatabaseUnavailable, QueryTooComplex, TimeLimitExceeded, UnsupportedDatabaseURL
 from api.masking import UID_HASHES, Pseudonyms, uid_hash
 from api.pagination import PageSpec, after_branches, order_exprs, order_sql
 from api.sql import POSTGRES, SQLITE, TRUE, Dialect, Fragment, json_list, patient_expr, q, shifted_expr, value_expr
@@ -56,11 +57,18 @@ class Database:
     """A fixed pool of read-only connections, opened at startup and shared by all requests."""
 
     def __init__(
-        self, url: str, *, pool_size: int = 4, busy_timeout_ms: int = 5000, pseudonyms: Pseudonyms | None = None
+        self,
+        url: str,
+        *,
+        pool_size: int = 4,
+        busy_timeout_ms: int = 5000,
+        pool_timeout: float = 2.0,
+        pseudonyms: Pseudonyms | None = None,
     ) -> None:
         self.url = url
         self.dialect = dialect_of(url)
         self.pool_size = pool_size
+        self.pool_timeout = pool_timeout  # seconds a statement waits for a free connection before DatabaseBusy
         self.busy_timeout_ms = busy_timeout_ms
         self.pseudonyms = pseudonyms or Pseudonyms()
         self.statements = 0  # statements run for requests so far: tests read it
@@ -72,6 +80,10 @@ class Database:
         self._open_connections: set[Connection] = set()
 
     # Lifecycle
+
+    @property
+    def connected(self) -> bool:
+        return self._pool is not None
 
     async def connect(self) -> None:
         if self.dialect is SQLITE:
@@ -192,10 +204,11 @@ class Database:
     # Connections
 
     @asynccontextmanager
-    async def request(self) -> AsyncIterator[Session]:
+    async def request(self, deadline: float = math.inf) -> AsyncIterator[Session]:
         """Serve one request: its statements (`fetch`, wherever called from within) share one connection and
-        one read transaction, taken at the first statement (a request refused before it runs SQL takes none)."""
-        session = Session(self)
+        one read transaction, taken at the first statement (a request refused before it runs SQL takes none).
+        Past `deadline` (event-loop time) no statement starts."""
+        session = Session(self, deadline)
         token = _SESSION.set(session)
         try:
             yield session
@@ -223,7 +236,13 @@ class Database:
     ) -> list[tuple[Any, ...]]:
         log.debug("SQL %s %s", sql, values)
         self.statements += counted
-        records = await connection.fetch_all(sql, values or {})
+        try:
+            records = await connection.fetch_all(sql, values or {})
+        except Exception as exc:
+            if _too_complex(exc):
+                log.info("the database refused a statement as too complex: %s", _describe(exc))
+                raise QueryTooComplex() from exc
+            raise
         return [tuple(r._mapping) for r in records]
 
     async def _checkout(self, *, begin: bool) -> Connection:
@@ -232,7 +251,14 @@ class Database:
         request should not be the one to notice."""
         if self._pool is None:
             raise DatabaseUnavailable("the database is not connected")
-        slot = await self._pool.get()
+        try:
+            # Every connection busy this long (slow requests hold them all): say so at once rather than let the
+            # request wait out its whole time limit.
+            async with asyncio.timeout(self.pool_timeout):
+                slot = await self._pool.get()
+        except TimeoutError:
+            log.warning("no free database connection within %g s (pool size %d)", self.pool_timeout, self.pool_size)
+            raise DatabaseBusy() from None
         taken = False
         try:
             for attempt in (1, 2):
@@ -449,14 +475,17 @@ class Session:
     """One request's hold on the database: a connection taken at its first statement, in a read transaction,
     given back when the request ends (`Database.request`)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, deadline: float = math.inf) -> None:
         self.db = db
+        self.deadline = deadline
         self._connection: Connection | None = None
         self._lock = asyncio.Lock()
         self._closed = False
         self._running: set[asyncio.Task[Any]] = set()  # tasks with a statement of this request under way
 
     async def fetch(self, sql: str, values: dict[str, Any] | None) -> list[tuple[Any, ...]]:
+        if asyncio.get_running_loop().time() > self.deadline:
+            raise TimeLimitExceeded()
         task = asyncio.current_task()
         assert task is not None
         self._running.add(task)
@@ -497,6 +526,22 @@ async def _execute(connection: Connection, sql: str) -> None:
     result = await raw.execute(sql)
     if hasattr(result, "close"):  # aiosqlite returns a cursor
         await result.close()
+
+
+# What SQLite says of a statement past its compile-time limits; PostgreSQL's class 54 is "program limit exceeded"
+# (54001: statement too complex, stack depth).
+_SQLITE_TOO_COMPLEX = (
+    "parser stack overflow",
+    "Expression tree is too large",
+    "too many SQL variables",
+    "too many terms",
+)
+
+
+def _too_complex(exc: Exception) -> bool:
+    if isinstance(exc, sqlite3.OperationalError):
+        return any(phrase in str(exc) for phrase in _SQLITE_TOO_COMPLEX)
+    return str(getattr(exc, "sqlstate", "") or "").startswith("54")
 
 
 def _and(a: str, b: str) -> str:

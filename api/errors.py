@@ -26,11 +26,30 @@ class LimitExceeded(GraphQLError):
         super().__init__(message, extensions={"code": code, "limit": limit, "value": value})
 
 
+class TimeLimitExceeded(LimitExceeded):
+    """Raised by work that finds its request past the deadline; the request is then answered with the time
+    limit's error (api.app)."""
+
+    def __init__(self) -> None:
+        super().__init__("The request ran past its time limit.", "TIME_LIMIT_EXCEEDED", "timeout", 0)
+
+
 class DatabaseBusy(GraphQLError):
     """The database did not answer (it is restarting, or every connection failed); worth a retry."""
 
     def __init__(self) -> None:
         super().__init__("The database is not available right now; try again.", extensions={"code": "UNAVAILABLE"})
+
+
+class QueryTooComplex(GraphQLError):
+    """The database refused a statement as too complex (nested or chained past its parser's limits). The input
+    limits (api.inputs) keep queries below them; this is the backstop."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The query's filters are too complex for the database; nest or combine fewer of them.",
+            extensions={"code": "QUERY_TOO_COMPLEX"},
+        )
 
 
 class NotFoundError(GraphQLError):

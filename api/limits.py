@@ -4,8 +4,10 @@ One schema extension, `QueryGuard`, made per request:
 
 - parse: Strawberry's MaxTokensLimiter (next to it in the schema) aborts a document over `max_tokens`; the guard
   gives that error its code and a message that names the limit;
-- validate: depth and aliases are measured first (`Structure`), then graphql-core's rules run with field
-  suggestions hidden ("Did you mean ...?" would list the schema to a client that may not introspect it);
+- validate: the sizes of input values (`api.inputs`: list lengths, nesting and size of `where` inputs, in
+  the document and in the raw variables) and the document's depth and aliases (`Structure`) are measured
+  first, then graphql-core's rules run with field suggestions hidden ("Did you mean ...?" would list the
+  schema to a client that may not introspect it);
 - execute, before any resolver: variables are coerced (suggestions hidden), the node budget is computed
   (`Cost`: GitHub's method, the product of page sizes down each path, summed) and, for a de-identified token,
   any filter, ordering or facet on a masked field is refused. A refusal answers without executing: no SQL runs.
@@ -57,6 +59,7 @@ from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 
 from api.columns import TABLES, Column, Table
 from api.errors import ForbiddenError, LimitExceeded, UserInputError
+from api.inputs import input_errors
 from api.masking import FULL, Access
 from api.settings import Settings
 
@@ -68,6 +71,8 @@ CONNECTIONS = {f"{t.type_name}Connection": t for t in TABLES.values()}
 WHERE_INPUTS = {f"{t.type_name}Where": t for t in TABLES.values()}
 ORDER_INPUTS = {f"{t.type_name}OrderBy": t for t in TABLES.values()}
 GROUP_ENUMS = {f"{t.type_name}GroupField": t for t in TABLES.values()}
+# Leaf fields that are lists of values of child rows (at most the maximum page size each): the table they read.
+VALUE_LISTS = {"modalities": "Series"}
 
 
 def limit_error(limit: str, value: float, message: str) -> LimitExceeded:
@@ -227,9 +232,10 @@ class Budget:
 
     GitHub's method: a connection returns at most `first` rows per parent (the default page size without
     `first`), so the rows at a level are the product of the page sizes above it, and the query's total is the
-    sum over its connections. A row fetched by a lookup or a parent relation counts one, and so does a `groupBy`
-    list per parent (its rows are counts, bounded by the rows it groups); introspection lists count as many
-    items as the longest such list of this schema.
+    sum over its connections. A row fetched by a lookup or a parent relation counts one; a `groupBy` list counts
+    its `first` (default: the maximum page size) per parent, capped like a level of distinct rows (groups of
+    distinct parents are at most the rows they group); introspection lists count as many items as the longest
+    such list of this schema.
 
     Unlike GitHub's API this one has default page sizes and a maximum of 1000, so products of page sizes
     soon say nothing (four nested connections of 1000 make 10^12). So a level is also capped by its table's
@@ -322,6 +328,11 @@ class Budget:
             for arg_name, value in args.items():
                 self._check_value(definition.args[arg_name].type, value, node)
         if node.selection_set is None:
+            if name in VALUE_LISTS and parent.name in ROW_TYPES:  # a list of values read from child rows
+                items = instances * self.settings.max_page_size
+                if distinct and self.table_rows is not None:
+                    items = min(items, self.table_rows.get(VALUE_LISTS[name], items))
+                return Cost(items)
             return Cost()
         child = get_named_type(definition.type)
         selection = node.selection_set
@@ -342,12 +353,18 @@ class Budget:
             # A root lookup finds one row; a parent relation may find the same parent for many children.
             root = parent is self.schema.query_type
             return Cost(instances + self.selection_set(selection, child, instances, root, None).nodes)
-        own = instances if name == "groupBy" else 0
-        return Cost(own + self.selection_set(selection, child, instances, distinct, None).nodes)
+        if name == "groupBy" and parent.name in CONNECTIONS:
+            # At most `first` groups per connection (default: the maximum page size); the groups of distinct
+            # parents partition the rows they count, so they are also at most the table's rows.
+            groups = instances * self._page_size(args.get("first"), self.settings.max_page_size)
+            if distinct and self.table_rows is not None:
+                groups = min(groups, self.table_rows.get(CONNECTIONS[parent.name].name, groups))
+            return Cost(groups + self.selection_set(selection, child, groups, False, None).nodes)
+        return Cost(self.selection_set(selection, child, instances, distinct, None).nodes)
 
-    def _page_size(self, first: Any) -> int:
+    def _page_size(self, first: Any, default: int | None = None) -> int:
         if not isinstance(first, int):
-            return self.settings.default_page_size
+            return self.settings.default_page_size if default is None else default
         # An out-of-range `first` fails its field before it fetches anything, with its own clear error.
         return first if 0 <= first <= self.settings.max_page_size else 0
 
@@ -518,7 +535,7 @@ class QueryGuard(SchemaExtension):
         context = self.execution_context
         document = context.graphql_document
         if document is not None and context.pre_execution_errors is None:
-            errors = shape_errors(document, self.settings)
+            errors = input_errors(document, context.variables, self.settings) or shape_errors(document, self.settings)
             if not errors:
                 # Strawberry's own validation, with suggestions hidden (it has no option for that).
                 rules = (*context.validation_rules, MaybeNullValidationRule, OneOfInputValidationRule)

@@ -8,6 +8,7 @@ level). So the number of statements follows the shape of the query, never the nu
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from strawberry.dataloader import DataLoader
 
 from api.columns import TABLES, Table
 from api.db import Database
+from api.execution import YIELD_EVERY
 from api.masking import FULL, UID_HASHES, Access, uid_hash
 from api.pagination import Page, PageSpec
 from api.sql import Fragment
@@ -102,8 +104,14 @@ class Loaders:
             for row in await self.db.pages(spec, table.parent.fk, nested):
                 grouped[row[-1]].append(row)
         pages = {}
+        made = 0
         for parent, rows in grouped.items():
-            has_next = len(rows) > spec.limit
+            if made >= YIELD_EVERY:  # nodes for many rows: let the event loop (and the time limit) run meanwhile
+                made = 0
+                await asyncio.sleep(0)
+            made += min(len(rows), spec.limit)
+            # `first: 0` asks for counts only: no page, so no next page either (there is no cursor to go on from).
+            has_next = spec.limit > 0 and len(rows) > spec.limit
             rows = rows[: spec.limit]
             pages[parent] = Page(
                 nodes=[self.make_node(table, row) for row in rows],
@@ -185,6 +193,7 @@ class Context:
     settings: Settings
     loaders: Loaders
     access: Access = FULL  # what this request may see (api.masking)
+    deadline: float = math.inf  # event-loop time by which the request must be answered (api.execution)
     # Compiled connection arguments (or the error they gave) by field path: the resolver of a nested
     # connection runs once per parent with the same arguments, and compiles them once.
     specs: dict[tuple[str, ...], PageSpec | GraphQLError] = field(default_factory=dict)

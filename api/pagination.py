@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ from api.masking import FULL, Access, Treatment
 from api.sql import FALSE, Dialect, Fragment, Params, shifted_expr, value_expr
 
 CURSOR_VERSION = "c1"
+MAX_CURSOR_LENGTH = 8192  # characters; the API's own cursors hold a few ordering values
+INT64 = range(-(2**63), 2**63)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +121,12 @@ def encode_cursor(fp: str, values: Sequence[Any]) -> str:
 def decode_cursor(table: Table, cursor: str, order: Sequence[OrderKey]) -> tuple[Any, ...]:
     """The ordering values in `cursor`, checked against `order` and the columns' kinds."""
     bad = UserInputError(f"`after` is not a cursor returned by this API for this query: {cursor[:80]!r}")
+    if len(cursor) > MAX_CURSOR_LENGTH:
+        raise bad
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         version, fp, values = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, RecursionError):
         raise bad from None
     if version != CURSOR_VERSION or not isinstance(values, list):
         raise bad
@@ -136,13 +141,25 @@ def decode_cursor(table: Table, cursor: str, order: Sequence[OrderKey]) -> tuple
 
 
 def _fits(column: Column, value: Any) -> bool:
+    """A value the column can hold and the database can be sent: a 64-bit integer, a finite number, a string
+    without NUL or lone surrogates (a forged cursor may hold anything JSON can)."""
     if value is None:
         return True
+    if isinstance(value, bool):
+        return False
     if column.kind in (Kind.INT, Kind.INT_TEXT, Kind.BOOL):
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, int) and value in INT64
     if column.kind is Kind.FLOAT:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    return isinstance(value, str)
+        return (isinstance(value, int) and value in INT64) or (isinstance(value, float) and math.isfinite(value))
+    return isinstance(value, str) and "\x00" not in value and _utf8(value)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def key_expr(table: Table, key: OrderKey, alias: str, dialect: Dialect) -> str:

@@ -19,6 +19,7 @@ from strawberry.types import ExecutionContext
 from strawberry.utils.logging import StrawberryLogger
 
 from api.columns import PATIENT, SERIES, SLICE, STUDY, Table
+from api.execution import CooperativeExecution
 from api.limits import QueryGuard, RowCounts
 from api.loaders import row_key
 from api.masking import Treatment
@@ -162,7 +163,7 @@ def build_schema(settings: Settings | None = None, row_counts: RowCounts | None 
         extensions.append(partial(MaskErrors, should_mask_error=unexpected))
     if not settings.introspection:
         extensions.append(DisableIntrospection)
-    return Schema(query=Query, extensions=extensions)
+    return Schema(query=Query, extensions=extensions, execution_context_class=CooperativeExecution)
 
 
 def sdl() -> str:

@@ -4,7 +4,9 @@ Environment (docs/api.md has the table): DATABASE_URL, DICOM_API_HOST, DICOM_API
 (comma-separated), DICOM_API_PAGE_SIZE, DICOM_API_MAX_PAGE_SIZE, DICOM_API_POOL_SIZE, DICOM_API_GRAPHIQL (1/0),
 DICOM_API_INTROSPECTION (1/0); access: DICOM_API_TOKENS, DICOM_API_TOKENS_FILE, DICOM_API_PSEUDONYM_KEY,
 DICOM_API_PSEUDONYM_KEY_FILE, DICOM_API_ALLOW_UNAUTHENTICATED_REMOTE (1/0); limits: DICOM_API_MAX_DEPTH,
-DICOM_API_MAX_ALIASES, DICOM_API_MAX_TOKENS, DICOM_API_MAX_NODES, DICOM_API_TIMEOUT (seconds).
+DICOM_API_MAX_ALIASES, DICOM_API_MAX_TOKENS, DICOM_API_MAX_NODES, DICOM_API_TIMEOUT (seconds),
+DICOM_API_MAX_BODY_BYTES, DICOM_API_MAX_RESPONSE_BYTES, DICOM_API_MAX_LIST_LENGTH, DICOM_API_MAX_WHERE_DEPTH,
+DICOM_API_MAX_WHERE_SIZE, DICOM_API_POOL_TIMEOUT (seconds); serving: DICOM_API_WORKERS.
 
 Secrets (tokens, the pseudonym key) never appear in a message of this module: a bad entry is named by its
 position, never by its value.
@@ -36,7 +38,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default
     default_page_size: int = 100  # `first` when a connection is asked without it
     max_page_size: int = 1000  # the largest `first` accepted (and the largest `groupBy` list)
-    pool_size: int = 4  # database connections kept open; each request holds one while it runs
+    pool_size: int = 16  # database connections kept open per worker; each request holds one while it runs
     busy_timeout_ms: int = 5000  # how long an SQLite read waits for a writer's lock
     graphiql: bool = True  # serve GraphiQL on GET /graphql to browsers
     introspection: bool = True
@@ -53,6 +55,16 @@ class Settings:
     max_tokens: int = 2000  # lexical tokens in the document (long lists belong in variables)
     max_nodes: int = 2_000_000  # rows a response may hold (api.limits.Budget): 3 nested levels of 100 fit
     timeout: float = 30.0  # seconds a request may run
+    max_body_bytes: int = 1_000_000  # a POST body larger than this is refused (413) before it is parsed
+    max_response_bytes: int = 100_000_000  # a response that would be larger is replaced by an error
+    max_list_length: int = 10_000  # items of one list in an argument or a variable (`in`, `or`, ...)
+    # Input objects nested in one argument or variable, and input objects in it in all: each becomes a level or
+    # a term of the SQL condition, and SQLite refuses conditions nested or chained beyond its parser's limits.
+    max_where_depth: int = 12
+    max_where_size: int = 1000
+    pool_timeout: float = 10.0  # seconds a request waits for a free database connection before UNAVAILABLE
+    # Serving: worker processes, each with its own event loop and connection pool.
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
 
     def __post_init__(self) -> None:
         if not 1 <= self.default_page_size <= self.max_page_size:
@@ -63,11 +75,24 @@ class Settings:
             raise SettingsError(f"pool size must be at least 1, got {self.pool_size}")
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port must be between 0 and 65535, got {self.port}")
-        for name in ("max_depth", "max_aliases", "max_tokens", "max_nodes"):
+        for name in (
+            "max_depth",
+            "max_aliases",
+            "max_tokens",
+            "max_nodes",
+            "max_body_bytes",
+            "max_response_bytes",
+            "max_list_length",
+            "max_where_depth",
+            "max_where_size",
+            "workers",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.timeout <= 3600:
             raise SettingsError(f"timeout must be more than 0 and at most 3600 seconds, got {self.timeout}")
+        if not 0 < self.pool_timeout <= 3600:
+            raise SettingsError(f"pool timeout must be more than 0 and at most 3600 seconds, got {self.pool_timeout}")
         if self.pseudonym_key is not None and len(self.pseudonym_key) < MIN_PSEUDONYM_KEY:
             raise SettingsError(f"the pseudonym key must be at least {MIN_PSEUDONYM_KEY} bytes long")
         secrets = [t.secret for t in self.tokens]
@@ -97,6 +122,13 @@ class Settings:
             ("max_tokens", "DICOM_API_MAX_TOKENS", int),
             ("max_nodes", "DICOM_API_MAX_NODES", int),
             ("timeout", "DICOM_API_TIMEOUT", float),
+            ("max_body_bytes", "DICOM_API_MAX_BODY_BYTES", int),
+            ("max_response_bytes", "DICOM_API_MAX_RESPONSE_BYTES", int),
+            ("max_list_length", "DICOM_API_MAX_LIST_LENGTH", int),
+            ("max_where_depth", "DICOM_API_MAX_WHERE_DEPTH", int),
+            ("max_where_size", "DICOM_API_MAX_WHERE_SIZE", int),
+            ("pool_timeout", "DICOM_API_POOL_TIMEOUT", float),
+            ("workers", "DICOM_API_WORKERS", int),
         ):
             if env.get(key, "") != "":
                 try:

@@ -15,7 +15,9 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import httpx
 from gql import Client, GraphQLRequest, gql
+from gql.transport.exceptions import TransportError, TransportQueryError
 from gql.transport.httpx import HTTPXTransport
 
 QUERY = gql(
@@ -89,12 +91,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--modality", help="only this modality, e.g. CT")
     parser.add_argument("--thinner-than", type=float, metavar="MM", help="only series thinner than MM millimetres")
     parser.add_argument("--since", metavar="YYYY-MM-DD", help="only series of studies on or after this date")
-    parser.add_argument("--page-size", type=int, default=100, help="series per request (%(default)s)")
+    parser.add_argument("--page-size", type=int, default=100, help="series per request, 1 or more (%(default)s)")
     args = parser.parse_args(argv)
+    if args.page_size < 1:  # a page of 0 would never advance
+        parser.error(f"--page-size must be at least 1, got {args.page_size}")
 
     transport = HTTPXTransport(url=args.url, timeout=30)
-    with Client(transport=transport, fetch_schema_from_transport=False) as session:
-        results = list(fetch_all(session, where_from(args), args.page_size))
+    try:
+        with Client(transport=transport, fetch_schema_from_transport=False) as session:
+            results = list(fetch_all(session, where_from(args), args.page_size))
+    except TransportQueryError as exc:  # the server refused the query: say what it said
+        errors = exc.errors or [{"message": str(exc)}]
+        print(f"list_series.py: {'; '.join(str(e.get('message')) for e in errors)}", file=sys.stderr)
+        return 1
+    except (TransportError, httpx.HTTPError, OSError) as exc:
+        print(f"list_series.py: cannot query {args.url}: {exc}", file=sys.stderr)
+        return 1
     nodes = [node for _, node in results]
     print(render(nodes))
     total = results[0][0] if results else 0

@@ -4,12 +4,19 @@ the app served in-process over HTTP. Fixtures built from them are in api_fixture
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import socket
+import subprocess
+import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydicom.config
 from conftest import run_ingest
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -213,3 +220,68 @@ def serve(db_url: str, **settings: Any) -> Iterator[Api]:
     app = create_app(Settings(database_url=db_url, **settings))
     with TestClient(app) as client:
         yield Api(client)
+
+
+# A real `dicom-api` process (uvicorn, its workers) on a free port of 127.0.0.1, for tests that need real sockets.
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def api_command() -> list[str]:
+    exe = Path(sys.executable).parent / "dicom-api"
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from api.cli import main; main()"]
+
+
+class ApiProcess:
+    """`dicom-api --db URL ARGS...` serving on `url`; its output (uvicorn's and the API's log) goes to `log`."""
+
+    def __init__(self, db_url: str, *args: str, log: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("DICOM_", "DATABASE_URL"))}
+        with log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [*api_command(), "--db", db_url, "--host", "127.0.0.1", "--port", str(self.port), *args],
+                env={**base, **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"dicom-api exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"dicom-api did not become ready within {timeout} s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@contextlib.contextmanager
+def api_process(db_url: str, *args: str, log: Path, env: dict[str, str] | None = None) -> Iterator[ApiProcess]:
+    server = ApiProcess(db_url, *args, log=log, env=env)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

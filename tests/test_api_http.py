@@ -65,10 +65,19 @@ def test_get_in_a_browser_serves_graphiql_with_a_default_query(synthetic: Api) -
 def test_malformed_requests_get_clear_answers_never_a_server_error(synthetic: Api) -> None:
     client = synthetic.client
     bad_json = client.post("/graphql", content=b"{not json", headers={"content-type": "application/json"})
-    assert (bad_json.status_code, bad_json.text) == (400, "Unable to parse request body as JSON")
+    assert bad_json.status_code == 400
+    assert bad_json.json()["errors"][0]["message"].startswith("The request body is not valid JSON")
+    assert bad_json.json()["errors"][0]["extensions"] == {"code": "BAD_REQUEST"}
     no_query = client.post("/graphql", json={})
-    assert (no_query.status_code, no_query.text) == (400, "No GraphQL query found in the request")
-    assert client.put("/graphql", json={"query": "{ allSeries { totalCount } }"}).status_code == 405
+    assert no_query.status_code == 400
+    assert no_query.json()["errors"][0] == {
+        "message": "No GraphQL query found in the request.",
+        "extensions": {"code": "BAD_REQUEST"},
+    }
+    put = client.put("/graphql", json={"query": "{ allSeries { totalCount } }"})
+    assert put.status_code == 405 and put.json()["errors"][0]["extensions"]["code"] == "METHOD_NOT_ALLOWED"
+    missing = client.get("/no/such/page")
+    assert missing.status_code == 404 and missing.json()["errors"][0]["extensions"]["code"] == "NOT_FOUND"
     syntax = client.post("/graphql", json={"query": "{ allPatients { "}).json()
     assert syntax["errors"][0]["message"].startswith("Syntax Error")
     mutation = client.post("/graphql", json={"query": "mutation { x }"}).json()
@@ -77,10 +86,14 @@ def test_malformed_requests_get_clear_answers_never_a_server_error(synthetic: Ap
     assert "32-bit" in huge["errors"][0]["message"]
 
 
-def test_healthz(synthetic: Api) -> None:
+def test_healthz_and_readyz(synthetic: Api) -> None:
+    statements = synthetic.statements
     response = synthetic.client.get("/healthz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
+    assert synthetic.statements == statements  # liveness never asks the database
+    ready = synthetic.client.get("/readyz")
+    assert (ready.status_code, ready.json()) == (200, {"status": "ok"})
 
 
 def test_cors_is_off_unless_configured(synthetic: Api, synthetic_db: Path) -> None:
@@ -127,8 +140,11 @@ def test_unexpected_errors_are_masked_and_logged(synthetic_db: Path, caplog: pyt
         assert body["errors"][0]["message"] == "Unexpected error."
         assert "secret" not in str(body) and "SELECT" not in str(body)
         assert "disk I/O error" in caplog.text
-        health = api.client.get("/healthz")
-        assert health.status_code == 503 and health.json() == {"status": "unavailable"}
+        assert api.client.get("/healthz").status_code == 200  # the process is alive
+        ready = api.client.get("/readyz")  # the database is not
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "unavailable"
+        assert ready.json()["errors"][0]["extensions"] == {"code": "UNAVAILABLE"}
 
 
 def test_client_errors_are_not_logged_as_server_errors(synthetic: Api, caplog: pytest.LogCaptureFixture) -> None:
@@ -265,3 +281,31 @@ def test_cli_serves_the_example_client(synthetic_db: Path, tmp_path: Path) -> No
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_graphql_response_json_is_answered_with_its_status_codes(synthetic: Api) -> None:
+    client = synthetic.client
+    new = {"accept": "application/graphql-response+json"}
+    ok = client.post("/graphql", json={"query": "{ allSeries { totalCount } }"}, headers=new)
+    assert ok.status_code == 200 and ok.headers["content-type"] == "application/graphql-response+json"
+    assert ok.json() == {"data": {"allSeries": {"totalCount": 6}}}
+    for query, variables in (
+        ("{ allSeries { ", {}),  # does not parse
+        ("{ allSeries { nope } }", {}),  # does not validate
+        ("query($n: Int) { allSeries(first: $n) { totalCount } }", {"n": "x"}),  # variables do not coerce
+    ):
+        failed = client.post("/graphql", json={"query": query, "variables": variables}, headers=new)
+        assert failed.status_code == 400, failed.text
+        assert failed.headers["content-type"] == "application/graphql-response+json"
+        assert "data" not in failed.json() and failed.json()["errors"]
+    # An error during execution keeps `data` and 200.
+    partial = client.post("/graphql", json={"query": "{ allSeries(first: -1) { totalCount } }"}, headers=new)
+    assert partial.status_code == 200 and partial.json()["data"] is None
+    # application/json (and no preference) keep the old answers: 200, with `data`.
+    legacy = client.post("/graphql", json={"query": "{ allSeries { nope } }"})
+    assert legacy.status_code == 200 and legacy.headers["content-type"] == "application/json"
+    assert legacy.json()["data"] is None
+    both = {"accept": "application/json;q=0.9, application/graphql-response+json"}
+    assert client.post("/graphql", json={"query": "{ x }"}, headers=both).status_code == 400
+    prefers_json = {"accept": "application/json, application/graphql-response+json;q=0.5"}
+    assert client.post("/graphql", json={"query": "{ x }"}, headers=prefers_json).status_code == 200

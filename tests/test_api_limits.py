@@ -210,8 +210,11 @@ def test_node_budget_just_under_and_just_over(small: Api) -> None:
     query = "query($n: Int) { allSeries(first: 3) { nodes { slices(first: $n) { nodes { sliceId } } } } }"
     assert accepted(small, query, n=4)
     refused(small, query, "NODE_LIMIT_EXCEEDED", "up to 18 rows", n=5)
-    # Counts and facets alone fetch no page: 0 rows for the connection, 1 for the facet list.
-    assert accepted(small, "{ allSlices(first: 20) { totalCount groupBy(field: SLICE_THICKNESS) { value } } }")
+    # Counts alone fetch no page: 0 rows for the connection. A facet counts its groups: its `first`, by default
+    # the maximum page size (20 here).
+    facet = "{ allSlices(first: 20) { totalCount groupBy(field: SLICE_THICKNESS, first: 15) { value } } }"
+    assert accepted(small, facet)
+    refused(small, facet.replace(", first: 15", ""), "NODE_LIMIT_EXCEEDED", "up to 20 rows")
 
 
 def test_node_budget_counts(small: Api, synthetic: Api) -> None:

@@ -165,7 +165,9 @@ def test_first_zero_counts_without_rows(synthetic: Api) -> None:
     assert data["allSeries"] == {
         "totalCount": 6,
         "nodes": [],
-        "pageInfo": {"hasNextPage": True, "startCursor": None, "endCursor": None},
+        # No page, so no next page: a client that pages until hasNextPage is false stops (there is no
+        # endCursor to go on from).
+        "pageInfo": {"hasNextPage": False, "startCursor": None, "endCursor": None},
     }
 
 

@@ -29,7 +29,7 @@ def postgres_url() -> Iterator[str]:
 def pg(postgres_url: str, synthetic_db: Path) -> Iterator[Api]:
     files = synthetic_db.parent / "files"  # the files the SQLite fixture was ingested from
     run_ingest(files, "--db", postgres_url, "--jobs", "1", "--quiet", check=0)
-    yield from serve(postgres_url)
+    yield from serve(postgres_url, pool_size=4)  # the server is shared: a few connections are enough here
 
 
 QUERIES = [

@@ -293,14 +293,19 @@ def test_a_bug_in_the_query_checks_is_masked(synthetic: Api, caplog: pytest.LogC
     assert "bug with SELECT" in caplog.text
 
 
-def test_a_failure_outside_graphql_is_a_bare_500(synthetic_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failure_outside_graphql_is_a_json_500_without_details(
+    synthetic_db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def broken(self: Any, request: Any, response: Any) -> Any:
         raise RuntimeError("context failure at /secret/path")
 
     monkeypatch.setattr(GraphQLApp, "get_context", broken)
     with TestClient(create_app(Settings(database_url=f"sqlite:///{synthetic_db}")), raise_server_exceptions=False) as c:
         response = c.post("/graphql", json={"query": "{ allSeries { totalCount } }"})
-        assert (response.status_code, response.text) == (500, "Internal Server Error")
+        assert response.status_code == 500
+        assert response.json() == {
+            "errors": [{"message": "Unexpected error.", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}]
+        }
 
 
 def test_a_missing_parent_names_no_key(scratch_db: Path) -> None:
