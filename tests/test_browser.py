@@ -29,6 +29,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from served import running_api
 
+from api.masking import Pseudonyms
+
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev extra: pip install -e '.[dev]'")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -352,7 +354,10 @@ def test_errors_are_shown_as_errors(session: Session) -> None:
 
 def test_tokens_full_and_deidentified(browser: object, corpus_db: Path) -> None:
     full, deid = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    env = {"DICOM_API_TOKENS": f"{full}:full:alice,{deid}:deidentified:pipeline"}
+    key = secrets.token_urlsafe(24)
+    env = {"DICOM_API_TOKENS": f"{full}:full:alice,{deid}:deidentified:pipeline", "DICOM_API_PSEUDONYM_KEY": key}
+    # A de-identified token knows a study by its pseudonymous UID only (the real one finds nothing).
+    shown_uid = Pseudonyms(key.encode()).uid(SHOWCASE["StudyInstanceUID"])
     with running_api(corpus_db, corpus_db.with_name("api-tokens.log"), env) as base:
         for session in open_session(browser, base):
             page = session.page
@@ -370,14 +375,18 @@ def test_tokens_full_and_deidentified(browser: object, corpus_db: Path) -> None:
             page.get_by_role("button", name="Search").click()
             wait_summary(page, "Studies 1–1 of 1")
             assert page.get_by_label("Patient ID (pseudonym)").input_value() == pseudonym
-            page.goto(f"{base}/studies/{SHOWCASE['StudyInstanceUID']}")  # the token stays for the session
+            page.goto(f"{base}/studies/{shown_uid}")  # the token stays for the session
             page.wait_for_function("() => document.querySelectorAll('.thumbnail.no-image').length === 4")
             assert page.locator(".thumbnail").first.inner_text() == "no image: needs full access"
 
             page.locator("#forget-token").click()
             page.locator("#token").fill(full)
             page.get_by_role("button", name="Use").click()
+            page.goto(f"{base}/studies/{SHOWCASE['StudyInstanceUID']}")
             page.wait_for_function("() => document.querySelectorAll('.thumbnail.loaded').length === 3")
             assert "Showcase, Sam" in page.locator("dl.study").inner_text()
-            thumbnails = {f"/thumbnails/{uid(s)}.png" for s in ("showcase-ct", "showcase-rle", "showcase-j2k")}
-            session.check({"/graphql", f"/thumbnails/{uid('showcase-sr')}.png", *thumbnails})
+            # The de-identified page asked for its series' thumbnails by pseudonymous UID and was refused (403).
+            shown = Pseudonyms(key.encode())
+            refused = {f"/thumbnails/{shown.uid(uid(s))}.png" for s in ("showcase-ct", "showcase-rle", "showcase-j2k")}
+            refused.add(f"/thumbnails/{shown.uid(uid('showcase-sr'))}.png")
+            session.check({"/graphql", f"/thumbnails/{uid('showcase-sr')}.png", *refused})
