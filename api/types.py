@@ -371,6 +371,12 @@ _RAW_DOC = (
 )
 
 
+_ID_DOC = (
+    "A key for client caches (Apollo, urql, Relay): the type and the row's key as this token sees it, so that a "
+    "de-identified token's IDs hold pseudonyms only."
+)
+
+
 @strawberry.type(description="A patient (one row of the Patient table).")
 class Patient:
     patient_id: str
@@ -386,6 +392,10 @@ class Patient:
     )
     _row: strawberry.Private[Sequence[Any]]  # as stored: the keys relations follow
     _shown: strawberry.Private[Sequence[Any]]  # as the request's access may see it
+
+    @strawberry.field(description=_ID_DOC)
+    def id(self) -> strawberry.ID:
+        return strawberry.ID(f"Patient:{self.patient_id}")
 
     @strawberry.field(description=_RAW_DOC)
     def raw(self) -> JSON:
@@ -420,6 +430,10 @@ class Study:
     referring_physician_name: str | None
     _row: strawberry.Private[Sequence[Any]]
     _shown: strawberry.Private[Sequence[Any]]
+
+    @strawberry.field(description=_ID_DOC)
+    def id(self) -> strawberry.ID:
+        return strawberry.ID(f"Study:{self.study_instance_uid}")
 
     @strawberry.field(description=_RAW_DOC)
     def raw(self) -> JSON:
@@ -484,6 +498,10 @@ class Series:
     _row: strawberry.Private[Sequence[Any]]
     _shown: strawberry.Private[Sequence[Any]]
 
+    @strawberry.field(description=_ID_DOC)
+    def id(self) -> strawberry.ID:
+        return strawberry.ID(f"Series:{self.series_instance_uid}")
+
     @strawberry.field(description=_RAW_DOC)
     def raw(self) -> JSON:
         return _raw(SERIES, self._shown)
@@ -529,6 +547,10 @@ class Slice:
     image_position_patient: list[float] | None
     _row: strawberry.Private[Sequence[Any]]
     _shown: strawberry.Private[Sequence[Any]]
+
+    @strawberry.field(description=_ID_DOC)
+    def id(self) -> strawberry.ID:
+        return strawberry.ID(f"Slice:{self.sop_instance_uid}")
 
     @strawberry.field(description=_RAW_DOC)
     def raw(self) -> JSON:

@@ -765,3 +765,42 @@ def test_a_database_ingested_before_the_uid_digests_is_served(tmp_path: Path, ca
         )
     assert data == {"study": {"studyInstanceUid": study}, "allSlices": {"totalCount": 2}}
     assert "has no UID digests" in caplog.text
+
+
+ID_TREE = """{ allPatients(first: 100) { nodes { id patientId studies { nodes { id studyInstanceUid
+  series { nodes { id seriesInstanceUid slices(first: 500) { nodes { id sopInstanceUid } } } } } } } } }"""
+
+
+def _ids(node: Any, out: list[tuple[str, str]]) -> None:
+    """(id, the key it should hold) of every node of a response."""
+    if isinstance(node, dict):
+        for field, prefix in (
+            ("patientId", "Patient"),
+            ("studyInstanceUid", "Study"),
+            ("seriesInstanceUid", "Series"),
+            ("sopInstanceUid", "Slice"),
+        ):
+            if "id" in node and field in node:
+                out.append((node["id"], f"{prefix}:{node[field]}"))
+        for value in node.values():
+            _ids(value, out)
+    elif isinstance(node, list):
+        for value in node:
+            _ids(value, out)
+
+
+def test_every_type_has_an_id_for_client_caches_that_leaks_nothing(tmp_path: Path) -> None:
+    db = ingest_into(tmp_path, tmp_path / "ids.db", DICOMDIR_TESTS)
+    secrets = secrets_of(db, Pseudonyms(KEY))
+    full_token = "full-token-0123456789abcdefXYZ"
+    tokens = (Token(DEID_TOKEN, AccessLevel.DEIDENTIFIED, "bob"), Token(full_token, AccessLevel.FULL, "alice"))
+    settings = Settings(database_url=f"sqlite:///{db}", tokens=tokens, pseudonym_key=KEY)
+    with TestClient(create_app(settings)) as http:
+        for token in (full_token, DEID_TOKEN):
+            client = Client(http, token)
+            ids: list[tuple[str, str]] = []
+            _ids(client.data(ID_TREE), ids)
+            assert len(ids) > 100
+            assert all(got == expected for got, expected in ids)  # the type and the key the token sees
+            assert len({got for got, _ in ids}) == len(ids)  # unique across types and rows
+        assert assert_no_leak(client.responses, secrets) > 100  # the de-identified token's ids hold no identifier
