@@ -257,12 +257,10 @@ def test_a_killed_or_blocked_worker_is_replaced_and_nothing_is_lost(tmp_path: Pa
     assert_same_as_fresh(tree, db, tmp_path, slice_ids=True)
 
 
-def test_sigterm_commits_the_batch_in_hand_prints_the_summary_and_exits_143(tmp_path: Path) -> None:
-    tree, db = tmp_path / "in", tmp_path / "term.db"
-    for s in range(8):
-        write_series(tree / f"s{s}", count=50, series=f"series-{s}")
+def _started(tree: Path, db: Path, rows_at_least: int, *args: str) -> subprocess.Popen:
+    """The real CLI started on `tree`, returned once it has committed `rows_at_least` slices (or ended)."""
     proc = subprocess.Popen(
-        [*ingest_command(), str(tree), "--db", _db(db), "--batch-size", "25", "--jobs", "2"],
+        [*ingest_command(), str(tree), "--db", _db(db), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -270,11 +268,19 @@ def test_sigterm_commits_the_batch_in_hand_prints_the_summary_and_exits_143(tmp_
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if rows(db, 'SELECT COUNT(*) FROM "SliceMetadata"')[0][0] >= 50:
+            if rows(db, 'SELECT COUNT(*) FROM "SliceMetadata"')[0][0] >= rows_at_least:
                 break
         except sqlite3.Error:
             pass
         time.sleep(0.01)
+    return proc
+
+
+def test_sigterm_commits_the_batch_in_hand_prints_the_summary_and_exits_143(tmp_path: Path) -> None:
+    tree, db = tmp_path / "in", tmp_path / "term.db"
+    for s in range(8):
+        write_series(tree / f"s{s}", count=50, series=f"series-{s}")
+    proc = _started(tree, db, 50, "--batch-size", "25", "--jobs", "2")
     assert proc.poll() is None, "the run finished before SIGTERM"
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -550,20 +556,7 @@ def test_a_file_changed_during_the_run_is_read_again_next_time(tmp_path: Path) -
     for s in range(6):
         write_series(tree / f"s{s}", count=50, series=f"series-{s}")
     late = _write(tree / "zz.dcm", "late", StudyDescription="BEFORE")
-    proc = subprocess.Popen(
-        [*ingest_command(), str(tree), "--db", _db(db), "--batch-size", "10", "--jobs", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if rows(db, 'SELECT COUNT(*) FROM "SliceMetadata"')[0][0] >= 10:
-                break
-        except sqlite3.Error:
-            pass
-        time.sleep(0.01)
+    proc = _started(tree, db, 10, "--batch-size", "10", "--jobs", "1")
     assert proc.poll() is None, "the run finished before the file could be changed"
     _write(late, "late", StudyDescription="AFTER")  # after the walk, while the run goes on
     assert proc.wait(timeout=120) == 0
