@@ -34,6 +34,7 @@ from strawberry.types import ExecutionResult
 
 from api.auth import RequireToken, describe_tokens, principal_of
 from api.browser import browser_page
+from api.columns import STUDY
 from api.db import Database
 from api.execution import ResponseTooLarge, encode_response, response_too_large
 from api.graphiql import STATIC, graphiql_response
@@ -109,6 +110,11 @@ DEFAULT_QUERY = """# dicom-db. Ctrl-Enter runs this query; the
 # The same, for a token that may not order by patient name. (Lines stay short: the query fits GraphiQL's editor
 # at 1280 px, which tests/test_browser.py checks.)
 DEIDENTIFIED_DEFAULT_QUERY = DEFAULT_QUERY.replace("    orderBy: [{field: PATIENT_NAME}]\n", "")
+STUDY_DATE_ORDER = """(
+        orderBy: [
+          {field: STUDY_DATE, direction: DESC}
+        ]
+      )"""
 
 
 class GraphQLApp(GraphQL[Context, None]):
@@ -225,6 +231,10 @@ class GraphQLApp(GraphQL[Context, None]):
         principal = principal_of(request.scope, bool(self.settings.tokens))
         deidentified = principal is not None and not principal.level.full
         query = DEIDENTIFIED_DEFAULT_QUERY if deidentified else DEFAULT_QUERY
+        if principal is not None and Access(principal.level, self.database.pseudonyms).forbids(
+            STUDY.by_name["StudyDate"], STUDY
+        ):  # a level that removes dates (a declared `basic`) may not order by them either
+            query = query.replace(STUDY_DATE_ORDER, "")
         return graphiql_response(query)
 
 

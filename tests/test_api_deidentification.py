@@ -19,6 +19,7 @@ import base64
 import contextlib
 import datetime as dt
 import hashlib
+import html
 import json
 import re
 import sqlite3
@@ -804,3 +805,16 @@ def test_every_type_has_an_id_for_client_caches_that_leaks_nothing(tmp_path: Pat
             assert all(got == expected for got, expected in ids)  # the type and the key the token sees
             assert len({got for got, _ in ids}) == len(ids)  # unique across types and rows
         assert assert_no_leak(client.responses, secrets) > 100  # the de-identified token's ids hold no identifier
+
+
+def test_graphiql_default_query_runs_for_every_declared_level(http: TestClient, clients: dict[str, Client]) -> None:
+    """The page's example query is the one each level may run: a level that removes dates does not order by them."""
+    for level, client in clients.items():
+        page = http.get("/graphql", headers={**client.headers, "accept": "text/html"})
+        assert page.status_code == 200, level
+        served = next(
+            json.loads(html.unescape(m.group(1))) for m in re.finditer(r'("# dicom-db\..*?")', page.text, re.S)
+        )
+        assert ("STUDY_DATE" in served) is (level != "basic"), level
+        body = client.post(served)
+        assert "errors" not in body, (level, body.get("errors"))
