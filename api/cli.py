@@ -40,10 +40,13 @@ EPILOG = """\
 authentication:
   Tokens are never taken from the command line (other users can read it): set DICOM_API_TOKENS to
   "TOKEN:LEVEL[:NAME],..." and/or name a file of "TOKEN LEVEL [NAME]" lines with --tokens-file or
-  DICOM_API_TOKENS_FILE. LEVEL is full or deidentified. With tokens, every request to /graphql needs
+  DICOM_API_TOKENS_FILE. LEVEL is full, deidentified (DICOM PS3.15's Basic Profile with modified dates,
+  patient characteristics and device identity retained) or a level the tokens file declares with a line
+  "level NAME OPTION ..." (docs/api.md). With tokens, every request to /graphql needs
   "Authorization: Bearer TOKEN" (else 401). Without tokens, dicom-api listens only on a loopback address
   unless --allow-unauthenticated-remote is given.
-  De-identified tokens see PatientID as a pseudonym keyed by DICOM_API_PSEUDONYM_KEY (or the file named by
+  De-identified tokens see pseudonyms, pseudonymous UIDs and shifted dates keyed by DICOM_API_PSEUDONYM_KEY
+  (or the file named by
   --pseudonym-key-file / DICOM_API_PSEUDONYM_KEY_FILE); without a key, pseudonyms change at every start.
 
 exit status: 0 stopped normally; 2 bad option, URL or token configuration, or an address refused without
@@ -90,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     access.add_argument(
         "--tokens-file",
         metavar="FILE",
-        help='bearer tokens, one "TOKEN LEVEL [NAME]" per line, LEVEL full or deidentified (default: '
+        help='bearer tokens, one "TOKEN LEVEL [NAME]" per line, LEVEL full, deidentified or a level declared '
+        'there by "level NAME OPTION ..." (default: '
         "$DICOM_API_TOKENS_FILE; tokens in $DICOM_API_TOKENS are added)",
     )
     access.add_argument(
