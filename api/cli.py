@@ -46,8 +46,8 @@ authentication:
   "Authorization: Bearer TOKEN" (else 401). Without tokens, dicom-api listens only on a loopback address
   unless --allow-unauthenticated-remote is given.
   De-identified tokens see pseudonyms, pseudonymous UIDs and shifted dates keyed by DICOM_API_PSEUDONYM_KEY
-  (or the file named by
-  --pseudonym-key-file / DICOM_API_PSEUDONYM_KEY_FILE); without a key, pseudonyms change at every start.
+  (or the file named by --pseudonym-key-file / DICOM_API_PSEUDONYM_KEY_FILE); without a key, they change at
+  every start.
 
 exit status: 0 stopped normally; 2 bad option, URL or token configuration, or an address refused without
 authentication; 3 the database cannot be opened or lacks the dicom-db tables; 4 the address cannot be listened
