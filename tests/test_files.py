@@ -4,6 +4,7 @@ instance."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import os
 import shutil
@@ -14,7 +15,7 @@ from urllib.parse import quote
 
 import pydicom
 import pytest
-from api_helpers import CT_IMAGE, UID_ROOT, Api, ingest_into, serve, write_instance
+from api_helpers import CT_IMAGE, UID_ROOT, Api, api_process, ingest_into, serve, write_instance
 from conftest import fresh_postgres_database, run_ingest
 
 from api.auth import parse_tokens
@@ -270,3 +271,32 @@ def test_the_same_files_from_postgresql(files: Path, api: Api) -> None:
                 pg.data(query.replace(FILE_FIELDS, fields))
                 counts.append(pg.statements - before)
             assert counts[0] == counts[1] + 1  # one statement for the files of the whole page
+
+
+def test_a_real_server_streams_the_file_and_takes_raw_paths_literally(files: Path, tmp_path: Path) -> None:
+    """Through uvicorn, with request targets sent as written (no client normalizes them): dot segments, encoded
+    slashes and NULs find nothing, and a download is the file's bytes with its length."""
+    with api_process(f"sqlite:///{files / 'files.db'}", log=tmp_path / "api.log") as server:
+
+        def get(target: str) -> tuple[int, dict[str, str], bytes]:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            try:
+                conn.putrequest("GET", target, skip_accept_encoding=True)
+                conn.endheaders()
+                response = conn.getresponse()
+                return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+            finally:
+                conn.close()
+
+        status, headers, body = get(f"/files/{sop(0, 3)}")
+        assert status == 200 and body == (files / "files" / "a" / "3.dcm").read_bytes()
+        assert headers["content-type"] == "application/dicom" and headers["content-length"] == str(len(body))
+        for target in (
+            "/files/../../../../etc/passwd",
+            "/files/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+            "/files/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+            f"/files/{sop(0, 3)}%00",
+            "/files/" + quote(str(files / "files" / "a" / "3.dcm"), safe=""),
+        ):
+            status, _, body = get(target)
+            assert status == 404 and b"root:" not in body and b"DICM" not in body, (target, status, body[:200])
