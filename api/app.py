@@ -1,5 +1,6 @@
 """The Starlette application: `/graphql` (POST, GET with `?query=`, GraphiQL for browsers), `/healthz`
-(liveness: answers without touching the database) and `/readyz` (readiness: the database answers).
+(liveness: answers without touching the database), `/readyz` (readiness: the database answers), and for full
+access `/files/` (api.files) and `/thumbnails/` (api.thumbnails).
 
 `create_app(settings)` assembles everything in one place, so that what a deployment changes (settings,
 extensions, middleware) has one home.
@@ -37,6 +38,7 @@ from api.browser import browser_page
 from api.columns import STUDY
 from api.db import Database
 from api.execution import ResponseTooLarge, encode_response, response_too_large
+from api.files import Files
 from api.graphiql import STATIC, graphiql_response
 from api.http import (
     BadRequest,
@@ -302,10 +304,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     # With tokens, nothing reaches the GraphQL view (GraphiQL page included) without a valid one.
     endpoint: ASGIApp = RequireToken(graphql, settings.tokens) if settings.tokens else graphql
     thumbnails: ASGIApp = Thumbnails(database, settings)
+    files: ASGIApp = Files(database, settings)
     if settings.tokens:
         thumbnails = RequireToken(thumbnails, settings.tokens)
+        files = RequireToken(files, settings.tokens)
     endpoint = SingleAuthorization(endpoint)
     thumbnails = SingleAuthorization(thumbnails)
+    files = SingleAuthorization(files)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -353,6 +358,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/thumbnails/{series_uid}.png", thumbnails, methods=["GET"]),
+            Route("/files/{sop_uid}", files, methods=["GET"]),
             Route("/", browser_page, methods=["GET"]),
             Route("/studies/{study_uid}", browser_page, methods=["GET"]),
             # GraphiQL's builds and the study browser: public code, no data, so no token is needed for them.

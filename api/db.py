@@ -447,6 +447,21 @@ class Database:
         rows = await self.fetch(sql, {"series": series_uid, "middle": count // 2})
         return rows[0][0] if rows else None
 
+    async def instance_files(self, sop_uids: Sequence[str]) -> dict[str, tuple[str, int]]:
+        """The file each instance's row comes from, from the ingest's file index (status 'ingested': a duplicate
+        file holding the same instance is never it): (path as stored, size in bytes) by SOPInstanceUID, in one
+        statement; an instance without such a file (an unknown UID, a database not made by dicom-ingest) is
+        absent. Paths of names that are not UTF-8 are in their stored `bytes:` form (ingest.paths)."""
+        if not sop_uids:
+            return {}
+        member = self.dialect.in_values('f."SOPInstanceUID"', ":sops", Kind.STRING)
+        sql = (
+            'SELECT f."SOPInstanceUID", f."Path", f."Size" FROM "SourceFile" f '
+            f"WHERE f.\"Status\" = 'ingested' AND {member}"
+        )
+        rows = await self.fetch(sql, {"sops": json_list(sop_uids)})
+        return {sop: (path, int(size)) for sop, path, size in rows}
+
     def _group_expr(self, table: Table, column: str, date_part: str | None, view: str = "") -> str:
         if view == "shifted":
             expr = shifted_expr(table, table.by_name[column], "t0", self.dialect)

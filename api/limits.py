@@ -73,6 +73,9 @@ ORDER_INPUTS = {f"{t.type_name}OrderBy": t for t in TABLES.values()}
 GROUP_ENUMS = {f"{t.type_name}GroupField": t for t in TABLES.values()}
 # Leaf fields that are lists of values of child rows (at most the maximum page size each): the table they read.
 VALUE_LISTS = {"modalities": "Series"}
+# Object types that are not rows of the four tables but are fetched per parent (a row of the ingest's file
+# index): each counts one, like a parent relation.
+FETCHED_OBJECTS = ("DicomFile",)
 
 
 def limit_error(limit: str, value: float, message: str) -> LimitExceeded:
@@ -232,10 +235,10 @@ class Budget:
 
     GitHub's method: a connection returns at most `first` rows per parent (the default page size without
     `first`), so the rows at a level are the product of the page sizes above it, and the query's total is the
-    sum over its connections. A row fetched by a lookup or a parent relation counts one; a `groupBy` list counts
-    its `first` (default: the maximum page size) per parent, capped like a level of distinct rows (groups of
-    distinct parents are at most the rows they group); introspection lists count as many items as the longest
-    such list of this schema.
+    sum over its connections. A row fetched by a lookup, a parent relation or `Slice.file` counts one; a
+    `groupBy` list counts its `first` (default: the maximum page size) per parent, capped like a level of
+    distinct rows (groups of distinct parents are at most the rows they group); introspection lists count as
+    many items as the longest such list of this schema.
 
     Unlike GitHub's API this one has default page sizes and a maximum of 1000, so products of page sizes
     soon say nothing (four nested connections of 1000 make 10^12). So a level is also capped by its table's
@@ -349,7 +352,7 @@ class Budget:
         if (name.startswith("__") or parent.name.startswith("__")) and _is_list(definition):
             items = instances * self.bounds.get(f"{parent.name}.{name}", len(self.schema.type_map))
             return Cost(items + self.selection_set(selection, child, items, False, None).nodes)
-        if child.name in ROW_TYPES:
+        if child.name in ROW_TYPES or child.name in FETCHED_OBJECTS:
             # A root lookup finds one row; a parent relation may find the same parent for many children.
             root = parent is self.schema.query_type
             return Cost(instances + self.selection_set(selection, child, instances, root, None).nodes)

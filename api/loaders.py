@@ -64,6 +64,8 @@ class Loaders:
         self.pages: DataLoader[PageKey, Page] = DataLoader(self._load_pages)
         self.counts: DataLoader[CountKey, int] = DataLoader(self._load_counts)
         self.groups: DataLoader[GroupKey, list[tuple[Any, int]]] = DataLoader(self._load_groups)
+        # SOPInstanceUID -> (stored path, size) of the file the instance's row comes from, or None
+        self.files: DataLoader[str, tuple[str, int] | None] = DataLoader(self._load_files)
 
     async def _load_rows(self, keys: list[RowKey]) -> list[Any]:
         wanted: dict[tuple[str, str, str, bool], set[Any]] = defaultdict(set)
@@ -166,6 +168,10 @@ class Loaders:
 
         results = await _gather({spec: fetch(spec, ps) for spec, ps in parents.items()})
         return [results[spec].get(parent, []) for spec, parent in keys]
+
+    async def _load_files(self, keys: list[str]) -> list[tuple[str, int] | None]:
+        found = await self.db.instance_files(sorted(set(keys)))
+        return [found.get(key) for key in keys]
 
 
 def _row_group(key: RowKey) -> tuple[str, str, str, bool]:

@@ -12,6 +12,7 @@ import datetime as dt
 import enum
 from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
+from urllib.parse import quote
 
 import strawberry
 from graphql import GraphQLError
@@ -560,6 +561,37 @@ class Slice:
     async def series(self, info: Ctx) -> Series:
         return await _required(info, SERIES, self._row[_SLICE_SERIES_UID], "slice", self.sop_instance_uid)
 
+    @strawberry.field(
+        description="The file this instance was ingested from; null when the ingest's file index has none for it "
+        "(a database not made by dicom-ingest). Full access only: any other token gets FORBIDDEN."
+    )
+    async def file(self, info: Ctx) -> DicomFile | None:
+        if not info.context.access.may_read_files:
+            raise ForbiddenError("Slice.file needs a token with full access: file paths and contents identify.")
+        sop = self._row[_SLICE_SOP_UID]  # as stored (only full access gets here, and it sees it so)
+        found = await info.context.loaders.files.load(sop)
+        if found is None:
+            return None
+        path, size = found
+        return DicomFile(path=path, size=size, url=file_url(sop))
+
+
+@strawberry.type(description="The DICOM file an instance was ingested from.")
+class DicomFile:
+    path: str = strawberry.field(
+        description="The file's path as the ingest stored it (absolute); a name that is not UTF-8 in its stored "
+        "form, `bytes:` followed by the name with each such byte written \\xNN and each backslash doubled."
+    )
+    size: int = strawberry.field(description="The file's size in bytes when it was ingested.")
+    url: str = strawberry.field(
+        description="Where to download the file: `/files/{sopInstanceUid}`, relative to this server (a GET with "
+        "the same token)."
+    )
+
+
+def file_url(sop_instance_uid: str) -> str:
+    return "/files/" + quote(sop_instance_uid, safe="")
+
 
 @strawberry.type
 class PatientConnection(Connection[Patient]):
@@ -609,6 +641,7 @@ _STUDY_UID = STUDY.select.index("StudyInstanceUID")
 _SERIES_UID = SERIES.select.index("SeriesInstanceUID")
 _SERIES_STUDY_UID = SERIES.select.index("StudyInstanceUID")
 _SLICE_SERIES_UID = SLICE.select.index("SeriesInstanceUID")
+_SLICE_SOP_UID = SLICE.select.index("SOPInstanceUID")
 
 
 def make_node(table: Table, row: Sequence[Any], access: Access = FULL) -> Any:

@@ -733,6 +733,15 @@ def crawl(client: Client, options: frozenset[Option], *, page: int, every_order:
         f"{{ value count }} nodes {{ {series} slices {{ groupBy(field: SOP_INSTANCE_UID) {{ value count }} "
         f"nodes {{ {slices} }} }} }} }} }} }} }} }} }}"
     )
+    # Files (paths, contents): refused on the field, whose value is null; and on the route, for any instance.
+    body = client.post(f"{{ allSlices(first: {page}) {{ nodes {{ sopInstanceUid file {{ path size url }} }} }} }}")
+    assert {e["extensions"]["code"] for e in body["errors"]} == {"FORBIDDEN"}
+    assert all(e["path"][-1] == "file" for e in body["errors"])
+    assert all(n["file"] is None for n in body["data"]["allSlices"]["nodes"])
+    for pseudonym in sorted(set(seen.get("SliceMetadata.SOPInstanceUID", [])))[:3] + ["1.2.3.4"]:
+        response = client.http.get(f"/files/{pseudonym}", headers=client.headers)
+        assert response.status_code == 403 and response.json()["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+        client.responses.append(response.json())
     # Errors: a bad cursor, a cursor of another ordering, an unknown pseudonym.
     client.error('{ allSlices(after: "bm90IGEgY3Vyc29y") { totalCount } }')
     cursor = client.data("{ allSeries(first: 1) { pageInfo { endCursor } } }")["allSeries"]["pageInfo"]["endCursor"]
