@@ -21,8 +21,9 @@ are made with SQL from an ingested one, never by hand-writing rows:
 The tables and indexes come from the project's schema.sql (`ingest.db.schema_statements`), as `dicom-ingest`
 creates them; the indexes are built after the rows are copied (faster than maintaining them row by row, and
 the result is a little more compact than an ingest's). SliceIDs are assigned anew by AUTOINCREMENT in source
-order. The SourceFile table (ingest bookkeeping, never read by the API) is left empty. The database ends in WAL
-mode, as an ingest leaves it, and with no ANALYZE statistics, as an ingest leaves it.
+order. The SourceFile table (the ingest's file records; the API reads it only for thumbnails and file
+downloads, which then answer 404 or null) is left empty. The database ends in WAL mode, as an ingest leaves
+it, and with no ANALYZE statistics, as an ingest leaves it.
 """
 
 from __future__ import annotations
