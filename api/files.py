@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 from api.auth import principal_of
 from api.db import Database
 from api.errors import DatabaseBusy, DatabaseUnavailable
+from api.http import error_response
 from api.settings import Settings
 from ingest.paths import from_text
 
@@ -37,28 +38,26 @@ class Files:
         await response(scope, receive, send)
 
     async def respond(self, request: Request) -> Response:
-        principal = principal_of(request.scope, bool(self.settings.tokens))
-        if principal is None:  # RequireToken lets nothing through without one; fail closed all the same
-            return _error(401, "UNAUTHENTICATED", "Authentication required.")
-        if not principal.level.may_read_files:
-            return _error(403, "FORBIDDEN", "Files need a token with full access.")
+        refusal = refuse_file_access(request, self.settings, "Files")
+        if refusal is not None:
+            return refusal
         sop = request.path_params["sop_uid"]
         if not _storable(sop):
-            return _error(404, "NOT_FOUND", "No ingested instance with that SOPInstanceUID.")
+            return file_error(404, "NOT_FOUND", "No ingested instance with that SOPInstanceUID.")
         try:
             async with self.database.request():
                 found = (await self.database.instance_files([sop])).get(sop)
         except (DatabaseUnavailable, DatabaseBusy):
-            return _error(503, "UNAVAILABLE", "The database is not available right now; try again.")
+            return database_unavailable()
         if found is None:
-            return _error(404, "NOT_FOUND", f"No ingested instance {sop}.")
+            return file_error(404, "NOT_FOUND", f"No ingested instance {sop}.")
         path = from_text(found[0])  # a name that is not UTF-8 is stored escaped (ingest/paths.py)
         try:
             status = os.stat(path)
         except OSError as exc:
-            return _error(404, "NOT_FOUND", f"The file of instance {sop} is gone: {exc.strerror}.")
+            return file_error(404, "NOT_FOUND", f"The file of instance {sop} is gone: {exc.strerror}.")
         if not stat.S_ISREG(status.st_mode):
-            return _error(404, "NOT_FOUND", f"The file of instance {sop} is gone: not a regular file any more.")
+            return file_error(404, "NOT_FOUND", f"The file of instance {sop} is gone: not a regular file any more.")
         return FileResponse(
             path,
             media_type=MEDIA_TYPE,
@@ -79,5 +78,20 @@ def _storable(text: str) -> bool:
     return True
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"errors": [{"message": message, "extensions": {"code": code}}]}, status_code=status)
+def refuse_file_access(request: Request, settings: Settings, what: str) -> Response | None:
+    """The 401 or 403 for a request that may not read DICOM files (downloads, thumbnails), else None."""
+    principal = principal_of(request.scope, bool(settings.tokens))
+    if principal is None:  # RequireToken lets nothing through without one; fail closed all the same
+        return file_error(401, "UNAUTHENTICATED", "Authentication required.")
+    if not principal.level.may_read_files:
+        return file_error(403, "FORBIDDEN", f"{what} need a token with full access.")
+    return None
+
+
+def database_unavailable() -> Response:
+    return file_error(503, "UNAVAILABLE", "The database is not available right now; try again.")
+
+
+def file_error(status: int, code: str, message: str) -> JSONResponse:
+    """The JSON error of the file endpoints (api/http.py's shape: a message and a code)."""
+    return error_response(status, message, code)

@@ -19,12 +19,12 @@ from collections import OrderedDict
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from api.auth import principal_of
 from api.db import Database
 from api.errors import DatabaseBusy, DatabaseUnavailable
+from api.files import database_unavailable, file_error, refuse_file_access
 from api.images import NoImage, thumbnail_png
 from api.settings import Settings
 from ingest.paths import from_text
@@ -70,24 +70,22 @@ class Thumbnails:
         await response(scope, receive, send)
 
     async def respond(self, request: Request) -> Response:
-        principal = principal_of(request.scope, bool(self.settings.tokens))
-        if principal is None:  # RequireToken lets nothing through without one; fail closed all the same
-            return _error(401, "UNAUTHENTICATED", "Authentication required.")
-        if not principal.level.may_read_files:
-            return _error(403, "FORBIDDEN", "Thumbnails need a token with full access.")
+        refusal = refuse_file_access(request, self.settings, "Thumbnails")
+        if refusal is not None:
+            return refusal
         series = request.path_params["series_uid"]
         try:
             async with self.database.request():
                 path = await self.database.middle_instance_file(series)
         except (DatabaseUnavailable, DatabaseBusy):
-            return _error(503, "UNAVAILABLE", "The database is not available right now; try again.")
+            return database_unavailable()
         if path is None:
-            return _error(404, "NOT_FOUND", f"No series {series} with an ingested file.")
+            return file_error(404, "NOT_FOUND", f"No series {series} with an ingested file.")
         path = from_text(path)  # a name that is not UTF-8 is stored escaped (ingest/paths.py)
         try:
             stat = os.stat(path)
         except OSError as exc:
-            return _error(404, "NOT_FOUND", f"The file of series {series} is gone: {exc.strerror}.")
+            return file_error(404, "NOT_FOUND", f"The file of series {series} is gone: {exc.strerror}.")
         key = (path, stat.st_size, stat.st_mtime_ns)
         etag = '"' + hashlib.sha256(repr(key).encode()).hexdigest()[:32] + '"'
         result = self.cache.get(key)
@@ -95,7 +93,7 @@ class Thumbnails:
             result = await self._render(Path(path))
             self.cache.put(key, result)
         if isinstance(result, str):
-            return _error(404, "NO_IMAGE", f"Series {series} has no thumbnail: {result}.")
+            return file_error(404, "NO_IMAGE", f"Series {series} has no thumbnail: {result}.")
         headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
         if etag in request.headers.get("if-none-match", ""):
             return Response(status_code=304, headers=headers)
@@ -109,7 +107,3 @@ class Thumbnails:
             except NoImage as exc:
                 log.info("no thumbnail for %s: %s", path, exc)
                 return str(exc)
-
-
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"errors": [{"message": message, "extensions": {"code": code}}]}, status_code=status)
