@@ -269,9 +269,6 @@ class _SQLite:
     def uid_hash_sql(expr: str) -> str:
         return f"dicom_uid_hash({expr})"
 
-    def columns(self, table: str) -> set[str]:
-        return {row[1] for row in self._conn.execute("SELECT * FROM pragma_table_info(?)", (table,))}
-
     @staticmethod
     def placeholders(count: int) -> str:
         return ", ".join("?" * count)
@@ -342,9 +339,6 @@ class _PostgreSQL:
     def uid_hash_sql(expr: str) -> str:
         return f"substr(encode(sha256(convert_to({expr}, 'UTF8')), 'hex'), 1, 32)"
 
-    def columns(self, table: str) -> set[str]:
-        return self.tables().get(table, set())
-
     def execute(self, sql: str) -> None:
         self._loop.run_until_complete(self._conn.execute(sql))
 
@@ -387,8 +381,9 @@ class Store:
                 for statement in statements:
                     if not statement.upper().startswith("CREATE INDEX"):
                         self._db.execute(statement)
-                self._upgrade(self._db.tables().get("SourceFile", set()))
-                self._add_uid_hashes()  # before the indexes: some index the columns it may add
+                tables = self._db.tables()
+                self._upgrade(tables.get("SourceFile", set()))
+                self._add_uid_hashes(tables)  # before the indexes: some index the columns it may add
                 for statement in statements:
                     if statement.upper().startswith("CREATE INDEX"):
                         self._db.execute(statement)
@@ -429,13 +424,13 @@ class Store:
             if column not in columns:
                 self._db.execute(f'ALTER TABLE "SourceFile" ADD COLUMN "{column}" {kind}')  # type: ignore[union-attr]
 
-    def _add_uid_hashes(self) -> None:
+    def _add_uid_hashes(self, tables: dict[str, set[str]]) -> None:
         """A database made before the UID digest columns existed gets them, filled, in one transaction."""
         db = self.db
         missing = []
         for table, (uid, digest) in UID_HASHES.items():
-            # Not `SELECT "column"`: SQLite reads an unknown double-quoted name as a string.
-            if digest not in db.columns(table):
+            # From the catalog, not `SELECT "column"`: SQLite reads an unknown double-quoted name as a string.
+            if digest not in tables.get(table, set()):
                 missing.append((table, uid, digest))
         if not missing:
             return

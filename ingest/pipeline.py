@@ -45,8 +45,7 @@ class Summary:
         self.counts: dict[str, int] = dict.fromkeys((INGESTED, UNCHANGED, DUPLICATE, NOT_DICOM, FAILED, NOT_REACHED), 0)
         self.problems: list[Outcome] = []  # failed and not-DICOM files, with reasons
         self.removed = 0  # files gone from disk whose rows were released
-        self.warnings: list[str] = []  # conflicts, workers lost
-        self.conflicts = 0
+        self.conflicts = 0  # each printed as a warning when found
         self.seconds = 0.0
         self.interrupted = False
 
@@ -363,7 +362,6 @@ class Ingest:
         self.summary.removed += report.removed
         self.summary.conflicts += len(report.warnings)
         for message in report.warnings:
-            self.summary.warnings.append(message)
             self.warn(message)
 
 
