@@ -18,56 +18,22 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from api_helpers import api_process
 from conftest import DICOMDIR_TESTS, run_ingest
 from dicom_factory import write_series
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIT = ROOT / "audit"
-BIN = Path(sys.executable).parent
 
 # The audits that warn, by id, each explained in docs/api.md; none since the API answers
 # application/graphql-response+json with its status codes.
 EXPECTED_WARNINGS: set[str] = set()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def server_env() -> dict[str, str]:
-    """This environment without the API's own settings, so that only the command line configures the server."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("DICOM_", "DATABASE_URL"))}
-
-
-def api_command() -> list[str]:
-    exe = BIN / "dicom-api"
-    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from api.cli import main; main()"]
-
-
-def wait_healthy(proc: subprocess.Popen, base: str, log: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"dicom-api exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"dicom-api did not answer {base}/healthz within {timeout} s")
 
 
 @pytest.fixture(scope="module")
@@ -88,31 +54,14 @@ class Server:
 @pytest.fixture(scope="module", params=["open", "token"])
 def server(request: pytest.FixtureRequest, audit_db: Path) -> Iterator[Server]:
     """`dicom-api` without tokens, and with one full-access token (DICOM_API_TOKENS) that the audit then sends."""
-    port = free_port()
-    env = server_env()
+    env = {}
     token = None
     if request.param == "token":
         token = secrets.token_urlsafe(24)
         env["DICOM_API_TOKENS"] = f"{token}:full:audit"
     log = audit_db.with_name(f"dicom-api-{request.param}.log")
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [*api_command(), "--db", f"sqlite:///{audit_db}", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(proc, base, log)
-        yield Server(f"{base}/graphql", token)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with api_process(f"sqlite:///{audit_db}", log=log, env=env) as api:
+        yield Server(f"{api.url}/graphql", token)
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,8 @@ import socket
 import subprocess
 
 import pytest
-from api_helpers import ingest_into, write_synthetic
+from api_helpers import api_command, ingest_into, write_synthetic
 from conftest import run_ingest
-from served import api_command
 
 from api.cli import EXIT_ADDRESS
 from api.cli import build_parser as api_parser
