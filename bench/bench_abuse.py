@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import random
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -44,8 +43,10 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load_test import ClientState, mix, samples  # noqa: E402  (the same normal clients as the load test)
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from api_helpers import ApiProcess  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -55,36 +56,13 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def free_port() -> int:
-    import socket
+class Server(ApiProcess):
+    """A real `dicom-api` with `workers` processes (tests/api_helpers.py starts and stops it), and its memory."""
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
     def __init__(self, db: Path, workers: int, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DICOM_", "DATABASE_URL"))}
-        command = [str(BIN / "dicom-api"), "--db", f"sqlite:///{db}", "--port", str(self.port)]
-        command += ["--workers", str(workers), "--log-level", os.environ.get("BENCH_SERVER_LOG_LEVEL", "warning")]
-        self.log = log.open("w")
-        self.proc = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        level = os.environ.get("BENCH_SERVER_LOG_LEVEL", "warning")
+        super().__init__(f"sqlite:///{db}", "--workers", str(workers), "--log-level", level, log=log)
         self.peak_rss = 0
-
-    def wait_ready(self) -> None:
-        for _ in range(600):
-            if self.proc.poll() is not None:
-                raise SystemExit(f"dicom-api exited with {self.proc.returncode}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise SystemExit("dicom-api did not become ready")
 
     def rss(self) -> int:
         """Bytes of resident memory of the supervisor and its workers."""
@@ -103,15 +81,6 @@ class Server:
             except OSError:
                 pass
         return total
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 # Hostile requests: (name, method, body bytes or JSON, headers)
