@@ -216,6 +216,28 @@ class Api:
         return body["errors"][0]["message"]
 
 
+class TokenClient:
+    """GraphQL over HTTP with a token (or none); `statements` counts the app's SQL statements."""
+
+    def __init__(self, http: TestClient, token: str | None) -> None:
+        self.http = http
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    @property
+    def statements(self) -> int:
+        return self.http.app.state.database.statements  # type: ignore[attr-defined]
+
+    def post(self, query: str, **variables: Any) -> dict[str, Any]:
+        response = self.http.post("/graphql", json={"query": query, "variables": variables}, headers=self.headers)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def data(self, query: str, **variables: Any) -> dict[str, Any]:
+        body = self.post(query, **variables)
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+
 def serve(db_url: str, **settings: Any) -> Iterator[Api]:
     app = create_app(Settings(database_url=db_url, **settings))
     with TestClient(app) as client:

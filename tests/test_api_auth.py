@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 from api_helpers import UID_ROOT, TestClient
+from api_helpers import TokenClient as Client
 
 from api import auth
 from api.app import DEFAULT_QUERY, DEIDENTIFIED_DEFAULT_QUERY, create_app
@@ -55,28 +56,6 @@ MASKED = {
 
 def pseudonym(patient_id: str, key: bytes = KEY) -> str:
     return "anon-" + hmac.new(key, patient_id.encode(), hashlib.sha256).hexdigest()[:16]
-
-
-class Client:
-    """GraphQL over HTTP with a token (or none); `statements` counts the app's SQL statements."""
-
-    def __init__(self, http: TestClient, token: str | None) -> None:
-        self.http = http
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-
-    @property
-    def statements(self) -> int:
-        return self.http.app.state.database.statements  # type: ignore[attr-defined]
-
-    def post(self, query: str, **variables: Any) -> dict[str, Any]:
-        response = self.http.post("/graphql", json={"query": query, "variables": variables}, headers=self.headers)
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def data(self, query: str, **variables: Any) -> dict[str, Any]:
-        body = self.post(query, **variables)
-        assert "errors" not in body, body["errors"]
-        return body["data"]
 
 
 @pytest.fixture(scope="module")

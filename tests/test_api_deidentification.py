@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_helpers import UID_ROOT, TestClient, ingest_into, write_series
+from api_helpers import UID_ROOT, TestClient, TokenClient, ingest_into, write_series
 from conftest import DICOMDIR_TESTS, SHARED_DATA, rows
 
 from api.app import create_app
@@ -95,27 +95,17 @@ LEVEL_TOKENS = {
 }
 
 
-class Client:
-    def __init__(self, http: TestClient, token: str) -> None:
-        self.http = http
-        self.headers = {"Authorization": f"Bearer {token}"}
-        self.responses: list[Any] = []  # every body received, for the leak test
+class Client(TokenClient):
+    """A token's client that keeps every body it receives, for the leak test."""
 
-    @property
-    def statements(self) -> int:
-        return self.http.app.state.database.statements  # type: ignore[attr-defined]
+    def __init__(self, http: TestClient, token: str) -> None:
+        super().__init__(http, token)
+        self.responses: list[Any] = []
 
     def post(self, query: str, **variables: Any) -> dict[str, Any]:
-        response = self.http.post("/graphql", json={"query": query, "variables": variables}, headers=self.headers)
-        assert response.status_code == 200, response.text
-        body = response.json()
+        body = super().post(query, **variables)
         self.responses.append(body)
         return body
-
-    def data(self, query: str, **variables: Any) -> dict[str, Any]:
-        body = self.post(query, **variables)
-        assert "errors" not in body, body["errors"]
-        return body["data"]
 
     def error(self, query: str, **variables: Any) -> dict[str, Any]:
         body = self.post(query, **variables)
