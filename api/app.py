@@ -33,14 +33,14 @@ from strawberry.http import GraphQLHTTPResponse
 from strawberry.schema import BaseSchema
 from strawberry.types import ExecutionResult
 
-from api.auth import RequireToken, describe_tokens, principal_of
-from api.browser import browser_page
-from api.columns import STUDY
-from api.db import Database
-from api.execution import ResponseTooLarge, encode_response, response_too_large
-from api.files import Files
-from api.graphiql import STATIC, graphiql_response
-from api.http import (
+from dicom_db.api.auth import RequireToken, describe_tokens, principal_of
+from dicom_db.api.browser import browser_page
+from dicom_db.api.columns import STUDY
+from dicom_db.api.db import Database
+from dicom_db.api.execution import ResponseTooLarge, encode_response, response_too_large
+from dicom_db.api.files import Files
+from dicom_db.api.graphiql import STATIC, graphiql_response
+from dicom_db.api.http import (
     BadRequest,
     BodyTooLarge,
     SingleAuthorization,
@@ -51,13 +51,13 @@ from api.http import (
     limit_body,
     parse_request_json,
 )
-from api.limits import timeout_error
-from api.loaders import Context, Loaders
-from api.masking import Access, Pseudonyms
-from api.schema import build_schema, unexpected
-from api.settings import Settings
-from api.thumbnails import Thumbnails
-from api.types import make_node
+from dicom_db.api.limits import timeout_error
+from dicom_db.api.loaders import Context, Loaders
+from dicom_db.api.masking import Access, Pseudonyms
+from dicom_db.api.schema import build_schema, unexpected
+from dicom_db.api.settings import Settings
+from dicom_db.api.thumbnails import Thumbnails
+from dicom_db.api.types import make_node
 
 log = logging.getLogger("dicom_api")
 

@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.columns import Option
+from dicom_db.api.columns import Option
 
 if TYPE_CHECKING:
-    from api.settings import Settings
+    from dicom_db.api.settings import Settings
 
 log = logging.getLogger("dicom_api.auth")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
-from api.graphiql import PAGE_HEADERS, STATIC
+from dicom_db.api.graphiql import PAGE_HEADERS, STATIC
 
 INDEX = STATIC / "browser" / "index.html"
 

@@ -25,12 +25,12 @@ import uvicorn
 import uvicorn.config
 from starlette.applications import Starlette
 
-from api.app import RANDOM_KEY_WARNING, create_app
-from api.auth import BindRefused, check_bind
-from api.db import Database
-from api.errors import DatabaseUnavailable, UnsupportedDatabaseURL
-from api.listen import AddressUnavailable, check_address
-from api.settings import DEFAULT_DB, Settings, SettingsError
+from dicom_db.api.app import RANDOM_KEY_WARNING, create_app
+from dicom_db.api.auth import BindRefused, check_bind
+from dicom_db.api.db import Database
+from dicom_db.api.errors import DatabaseUnavailable, UnsupportedDatabaseURL
+from dicom_db.api.listen import AddressUnavailable, check_address
+from dicom_db.api.settings import DEFAULT_DB, Settings, SettingsError
 
 EXIT_USAGE, EXIT_DATABASE, EXIT_ADDRESS = 2, 3, 4
 WORKER_HEALTHCHECK_SECONDS = 30
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         if any(not t.level.full for t in settings.tokens):  # the workers now see a key
             print(f"WARNING:     dicom_api: {RANDOM_KEY_WARNING}", file=sys.stderr, flush=True)
     uvicorn.run(
-        "api.cli:worker_app",
+        "dicom_db.api.cli:worker_app",
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -216,7 +216,7 @@ def log_config(level: str) -> dict[str, Any]:
     """Uvicorn's logging, with the API's own messages (authentication, refused requests, server errors) beside
     its own, and its access log without query strings (api.http.RedactQueryString)."""
     config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    config.setdefault("filters", {})["redact_query"] = {"()": "api.http.RedactQueryString"}
+    config.setdefault("filters", {})["redact_query"] = {"()": "dicom_db.api.http.RedactQueryString"}
     config["handlers"]["access"]["filters"] = ["redact_query"]
     config["formatters"]["dicom_api"] = {"format": "%(levelname)s:     %(name)s: %(message)s"}
     config["handlers"]["dicom_api"] = {

@@ -27,11 +27,28 @@ from databases import Database as _Databases
 from databases import DatabaseURL
 from databases.core import Connection
 
-from api.columns import TABLES, Kind, Table
-from api.errors import DatabaseBusy, DatabaseUnavailable, QueryTooComplex, TimeLimitExceeded, UnsupportedDatabaseURL
-from api.masking import UID_HASHES, Pseudonyms, uid_hash
-from api.pagination import PageSpec, after_branches, order_exprs, order_sql
-from api.sql import POSTGRES, SQLITE, TRUE, Dialect, Fragment, json_list, patient_expr, q, shifted_expr, value_expr
+from dicom_db.api.columns import TABLES, Kind, Table
+from dicom_db.api.errors import (
+    DatabaseBusy,
+    DatabaseUnavailable,
+    QueryTooComplex,
+    TimeLimitExceeded,
+    UnsupportedDatabaseURL,
+)
+from dicom_db.api.masking import UID_HASHES, Pseudonyms, uid_hash
+from dicom_db.api.pagination import PageSpec, after_branches, order_exprs, order_sql
+from dicom_db.api.sql import (
+    POSTGRES,
+    SQLITE,
+    TRUE,
+    Dialect,
+    Fragment,
+    json_list,
+    patient_expr,
+    q,
+    shifted_expr,
+    value_expr,
+)
 
 log = logging.getLogger("dicom_api.db")
 

@@ -30,7 +30,7 @@ from graphql import GraphQLOutputType, GraphQLResolveInfo
 from graphql.pyutils import Path
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-from api.errors import LimitExceeded, TimeLimitExceeded
+from dicom_db.api.errors import LimitExceeded, TimeLimitExceeded
 
 # When the time limit cancels a large execution, graphql-core's and this module's coroutines that never got to
 # run (a field of every pending row) are collected unawaited, and Python warns for each: thousands of warnings,

@@ -16,12 +16,12 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from api.auth import principal_of
-from api.db import Database
-from api.errors import DatabaseBusy, DatabaseUnavailable
-from api.http import error_response
-from api.settings import Settings
-from ingest.paths import from_text
+from dicom_db.api.auth import principal_of
+from dicom_db.api.db import Database
+from dicom_db.api.errors import DatabaseBusy, DatabaseUnavailable
+from dicom_db.api.http import error_response
+from dicom_db.api.settings import Settings
+from dicom_db.ingest.paths import from_text
 
 MEDIA_TYPE = "application/dicom"
 

@@ -24,10 +24,10 @@ from typing import Any
 
 from strawberry import UNSET
 
-from api.columns import TABLES, Column, Kind, Table
-from api.errors import ForbiddenError, UserInputError
-from api.masking import FULL, UID_DIGEST_OF, UID_OPERATORS, Access, Treatment
-from api.sql import FALSE, TRUE, Dialect, Fragment, Params, json_list, q, shifted_expr, value_expr
+from dicom_db.api.columns import TABLES, Column, Kind, Table
+from dicom_db.api.errors import ForbiddenError, UserInputError
+from dicom_db.api.masking import FULL, UID_DIGEST_OF, UID_OPERATORS, Access, Treatment
+from dicom_db.api.sql import FALSE, TRUE, Dialect, Fragment, Params, json_list, q, shifted_expr, value_expr
 
 
 def given(value: Any) -> bool:

@@ -28,8 +28,8 @@ from graphql import (
 )
 from graphql.language import Visitor
 
-from api.errors import LimitExceeded
-from api.settings import Settings
+from dicom_db.api.errors import LimitExceeded
+from dicom_db.api.settings import Settings
 
 CODES = {
     "maxListLength": "LIST_LIMIT_EXCEEDED",

@@ -57,11 +57,11 @@ from strawberry.extensions import SchemaExtension
 from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 
-from api.columns import TABLES, Column, Table
-from api.errors import ForbiddenError, LimitExceeded, UserInputError
-from api.inputs import input_errors
-from api.masking import FULL, Access
-from api.settings import Settings
+from dicom_db.api.columns import TABLES, Column, Table
+from dicom_db.api.errors import ForbiddenError, LimitExceeded, UserInputError
+from dicom_db.api.inputs import input_errors
+from dicom_db.api.masking import FULL, Access
+from dicom_db.api.settings import Settings
 
 # Fields whose items are the rows of their connection: counted by the connection, multiplied below it.
 PAGE_FIELDS = ("nodes", "edges")

@@ -17,18 +17,18 @@ from typing import TYPE_CHECKING, Any
 from graphql import GraphQLError
 from strawberry.dataloader import DataLoader
 
-from api.columns import TABLES, Table
-from api.db import Database
-from api.execution import YIELD_EVERY
-from api.masking import FULL, UID_HASHES, Access, uid_hash
-from api.pagination import Page, PageSpec
-from api.sql import Fragment
+from dicom_db.api.columns import TABLES, Table
+from dicom_db.api.db import Database
+from dicom_db.api.execution import YIELD_EVERY
+from dicom_db.api.masking import FULL, UID_HASHES, Access, uid_hash
+from dicom_db.api.pagination import Page, PageSpec
+from dicom_db.api.sql import Fragment
 
 if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    from api.settings import Settings
+    from dicom_db.api.settings import Settings
 
 # (table, column, value, mode, with the patient's ID): mode "" finds `column` = value, "pseudonym" its pseudonym
 # (PatientID), "digest" the UID digest (value: a digest) of a pseudonymous UID; see Database.rows_by_keys.

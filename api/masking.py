@@ -38,8 +38,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from api.auth import AccessLevel
-from api.columns import BASIC_PROFILE_CODE, TABLES, Column, Kind, Option, Table
+from dicom_db.api.auth import AccessLevel
+from dicom_db.api.columns import BASIC_PROFILE_CODE, TABLES, Column, Kind, Option, Table
 
 PSEUDONYM_PREFIX = "anon-"
 PSEUDONYM_DIGITS = 16  # 64 bits: a collision among a million patients has a chance of about 3 in 100 million

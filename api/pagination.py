@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from api.columns import Column, Kind, Table
-from api.errors import ForbiddenError, UserInputError
-from api.masking import FULL, Access, Treatment
-from api.sql import FALSE, Dialect, Fragment, Params, shifted_expr, value_expr
+from dicom_db.api.columns import Column, Kind, Table
+from dicom_db.api.errors import ForbiddenError, UserInputError
+from dicom_db.api.masking import FULL, Access, Treatment
+from dicom_db.api.sql import FALSE, Dialect, Fragment, Params, shifted_expr, value_expr
 
 CURSOR_VERSION = "c1"
 MAX_CURSOR_LENGTH = 8192  # characters; the API's own cursors hold a few ordering values

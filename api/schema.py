@@ -1,4 +1,4 @@
-"""The Query root and the schema. `python -m api.schema` prints the SDL; `--write` updates schema.graphql."""
+"""The Query root and the schema. `python -m dicom_db.api.schema` prints the SDL; `--write` updates schema.graphql."""
 
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ from strawberry.extensions.disable_introspection import DisableIntrospection
 from strawberry.types import ExecutionContext
 from strawberry.utils.logging import StrawberryLogger
 
-from api.columns import PATIENT, SERIES, SLICE, STUDY, Table
-from api.execution import CooperativeExecution
-from api.limits import QueryGuard, RowCounts
-from api.loaders import row_key
-from api.masking import Treatment
-from api.settings import Settings
-from api.types import (
+from dicom_db.api.columns import PATIENT, SERIES, SLICE, STUDY, Table
+from dicom_db.api.execution import CooperativeExecution
+from dicom_db.api.limits import QueryGuard, RowCounts
+from dicom_db.api.loaders import row_key
+from dicom_db.api.masking import Treatment
+from dicom_db.api.settings import Settings
+from dicom_db.api.types import (
     Ctx,
     Patient,
     PatientConnection,
@@ -171,7 +171,7 @@ def sdl() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m api.schema", description="Print the API's GraphQL SDL.")
+    parser = argparse.ArgumentParser(prog="python -m dicom_db.api.schema", description="Print the API's GraphQL SDL.")
     parser.add_argument("--write", action="store_true", help=f"write it to {SDL_PATH.name} instead")
     args = parser.parse_args(argv)
     if args.write:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from api.auth import Token, TokenError, parse_tokens, read_tokens_file
+from dicom_db.api.auth import Token, TokenError, parse_tokens, read_tokens_file
 
 DEFAULT_DB = "sqlite:///dicom.db"
 MIN_PSEUDONYM_KEY = 16  # characters of a configured pseudonym key

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from api.columns import Column, Kind, Table
-from api.masking import MAX_SHIFT_DAYS, PSEUDONYM_DIGITS, PSEUDONYM_PREFIX
+from dicom_db.api.columns import Column, Kind, Table
+from dicom_db.api.masking import MAX_SHIFT_DAYS, PSEUDONYM_DIGITS, PSEUDONYM_PREFIX
 
 FALSE = "1 = 0"
 TRUE = "1 = 1"

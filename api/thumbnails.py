@@ -22,12 +22,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from api.db import Database
-from api.errors import DatabaseBusy, DatabaseUnavailable
-from api.files import database_unavailable, file_error, refuse_file_access
-from api.images import NoImage, thumbnail_png
-from api.settings import Settings
-from ingest.paths import from_text
+from dicom_db.api.db import Database
+from dicom_db.api.errors import DatabaseBusy, DatabaseUnavailable
+from dicom_db.api.files import database_unavailable, file_error, refuse_file_access
+from dicom_db.api.images import NoImage, thumbnail_png
+from dicom_db.api.settings import Settings
+from dicom_db.ingest.paths import from_text
 
 log = logging.getLogger("dicom_api.thumbnails")
 

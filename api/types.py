@@ -20,13 +20,13 @@ from strawberry import UNSET
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
-from api.columns import PATIENT, SERIES, SLICE, STUDY, TABLES, Kind, Table, row_reader
-from api.errors import ForbiddenError, NotFoundError, UserInputError
-from api.filters import compile_where
-from api.loaders import Context, GroupSpec, row_key
-from api.masking import FULL, Access, Treatment
-from api.pagination import Page, PageSpec, decode_cursor, order_keys, page_size
-from api.sql import TRUE, Fragment
+from dicom_db.api.columns import PATIENT, SERIES, SLICE, STUDY, TABLES, Kind, Table, row_reader
+from dicom_db.api.errors import ForbiddenError, NotFoundError, UserInputError
+from dicom_db.api.filters import compile_where
+from dicom_db.api.loaders import Context, GroupSpec, row_key
+from dicom_db.api.masking import FULL, Access, Treatment
+from dicom_db.api.pagination import Page, PageSpec, decode_cursor, order_keys, page_size
+from dicom_db.api.sql import TRUE, Fragment
 
 Ctx = Info[Context, None]
 NodeT = TypeVar("NodeT")

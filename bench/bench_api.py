@@ -79,11 +79,11 @@ from starlette.responses import Response
 from strawberry.dataloader import DataLoader
 from strawberry.schema import BaseSchema
 
-import api
-from api.app import GraphQLApp, create_app
-from api.db import Database
-from api.loaders import Context, Loaders
-from api.settings import Settings
+import dicom_db.api as api
+from dicom_db.api.app import GraphQLApp, create_app
+from dicom_db.api.db import Database
+from dicom_db.api.loaders import Context, Loaders
+from dicom_db.api.settings import Settings
 
 Fetch = Callable[[str, Sequence[Any]], Awaitable[list[tuple[Any, ...]]]]
 JSONDict = dict[str, Any]

@@ -34,10 +34,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from api.app import create_app
-from api.auth import AccessLevel, Token
-from api.masking import Pseudonyms
-from api.settings import Settings
+from dicom_db.api.app import create_app
+from dicom_db.api.auth import AccessLevel, Token
+from dicom_db.api.masking import Pseudonyms
+from dicom_db.api.settings import Settings
 
 FULL_TOKEN = "bench-full-token-0123456789abcdef"
 DEID_TOKEN = "bench-deid-token-0123456789abcdef"

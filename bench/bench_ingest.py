@@ -56,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -151,11 +152,11 @@ def _bare(path: str) -> bool:
 
 def _reader_init() -> None:
     _quiet()
-    import ingest.reader  # noqa: F401  (imported in the worker: the parent's bare loop keeps pydicom's defaults)
+    import dicom_db.ingest.reader  # noqa: F401  (imported in the worker: the parent's bare loop keeps pydicom's defaults)
 
 
 def _reader(path: str) -> bool:
-    from ingest.reader import read_file
+    from dicom_db.ingest.reader import read_file
 
     return read_file(path).status == "dicom"
 
@@ -228,9 +229,13 @@ def bare_script(corpus: str, jobs: int) -> float:
 # Set by --ingest-src: a folder holding another `ingest` package (e.g. a patched copy) to measure instead of the
 # installed one. The editable install's import hook is removed so that this folder wins.
 INGEST_SRC: str | None = None
+# The folder is made the package `dicom_db` (what the install does), and also put on sys.path so that a snapshot
+# from before the package had that name (whose modules import `ingest.*`) runs too.
 _LAUNCHER = (
-    "import sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '')]; "
-    "sys.path.insert(0, {src!r}); from ingest.cli import main; main()"
+    "import sys, types; "
+    "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '')]; "
+    "pkg = types.ModuleType('dicom_db'); pkg.__path__ = [{src!r}]; sys.modules['dicom_db'] = pkg; "
+    "sys.path.insert(0, {src!r}); from dicom_db.ingest.cli import main; main()"
 )
 
 
@@ -240,6 +245,9 @@ def use_ingest_src(src: str) -> None:
     if not os.path.isfile(os.path.join(INGEST_SRC, "ingest", "reader.py")):
         raise SystemExit(f"--ingest-src {src}: no ingest/reader.py there")
     sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
+    package = types.ModuleType("dicom_db")
+    package.__path__ = [INGEST_SRC]
+    sys.modules["dicom_db"] = package
     sys.path.insert(0, INGEST_SRC)
 
 
@@ -247,7 +255,7 @@ def ingest_command() -> list[str]:
     if INGEST_SRC:
         return [sys.executable, "-c", _LAUNCHER.format(src=INGEST_SRC)]
     exe = Path(sys.executable).parent / "dicom-ingest"
-    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from ingest.cli import main; main()"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from dicom_db.ingest.cli import main; main()"]
 
 
 def run_ingest(corpus: str, url: str, jobs: int) -> tuple[float, dict[str, int], float, float]:

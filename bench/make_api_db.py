@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from ingest.db import (
+from dicom_db.ingest.db import (
     PATIENT_FIELDS,
     SERIES_FIELDS,
     SLICE_FIELDS,

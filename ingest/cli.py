@@ -14,10 +14,10 @@ import signal
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from ingest.db import DatabaseError, Store, parse_url
-from ingest.limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES
-from ingest.paths import to_text
-from ingest.pipeline import (
+from dicom_db.ingest.db import DatabaseError, Store, parse_url
+from dicom_db.ingest.limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES
+from dicom_db.ingest.paths import to_text
+from dicom_db.ingest.pipeline import (
     DUPLICATE,
     FAILED,
     INGESTED,

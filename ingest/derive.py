@@ -24,12 +24,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ingest import db as q
-from ingest.paths import from_text, to_text
+from dicom_db.ingest import db as q
+from dicom_db.ingest.paths import from_text, to_text
 
 if TYPE_CHECKING:
-    from ingest.db import Store
-    from ingest.reader import FileResult
+    from dicom_db.ingest.db import Store
+    from dicom_db.ingest.reader import FileResult
 
 INGESTED, DUPLICATE, NOT_DICOM, FAILED = "ingested", "duplicate", "not_dicom", "failed"
 HOLDING = (INGESTED, DUPLICATE)

@@ -19,10 +19,10 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
-from ingest.db import DELETE_UNUSED_HEADERS, PATIENT_FIELDS, STUDY_FIELDS, IndexedFile, Store
-from ingest.derive import DUPLICATE, FAILED, INGESTED, NOT_DICOM, FoundFile, Item, Parsed, apply_batch
-from ingest.limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES
-from ingest.paths import from_text, to_text
+from dicom_db.ingest.db import DELETE_UNUSED_HEADERS, PATIENT_FIELDS, STUDY_FIELDS, IndexedFile, Store
+from dicom_db.ingest.derive import DUPLICATE, FAILED, INGESTED, NOT_DICOM, FoundFile, Item, Parsed, apply_batch
+from dicom_db.ingest.limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES
+from dicom_db.ingest.paths import from_text, to_text
 
 UNCHANGED, NOT_REACHED = "unchanged", "not_reached"
 SKIPPABLE = {INGESTED, DUPLICATE, NOT_DICOM}  # a failed file is tried again on every run
@@ -144,7 +144,7 @@ def _worker_init(max_header_bytes: int) -> None:
 def _setup_reader(max_header_bytes: int) -> None:
     import logging
 
-    from ingest.reader import set_max_header_bytes
+    from dicom_db.ingest.reader import set_max_header_bytes
 
     warnings.simplefilter("ignore")
     logging.getLogger("pydicom").setLevel(logging.ERROR)
@@ -157,7 +157,7 @@ def _digest(data: bytes) -> str:
 
 def parse(path: str) -> Parsed:
     """Read one file and hash what the records keep of it (in a worker)."""
-    from ingest.reader import read_file
+    from dicom_db.ingest.reader import read_file
 
     r = read_file(path)
     if r.status != "dicom":
@@ -174,7 +174,7 @@ def parse_chunk(paths: list[str]) -> list[Parsed]:
 
 
 def _lost(path: str, reason: str) -> Parsed:
-    from ingest.reader import FileResult
+    from dicom_db.ingest.reader import FileResult
 
     return Parsed(FileResult(path, "failed", reason, io_error=True))
 

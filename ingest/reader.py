@@ -34,8 +34,8 @@ from pydicom.uid import PrivateTransferSyntaxes
 from pydicom.valuerep import PersonName
 from pydicom.values import convert_string
 
-from ingest.derive import rank_key
-from ingest.limits import DEFAULT_MAX_HEADER_BYTES
+from dicom_db.ingest.derive import rank_key
+from dicom_db.ingest.limits import DEFAULT_MAX_HEADER_BYTES
 
 # Values that break a VR's rules are kept as read instead of raising on access; ingest never fails a whole
 # file for one malformed number.

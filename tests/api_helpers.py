@@ -26,8 +26,8 @@ with warnings.catch_warnings():  # Starlette 1.x suggests httpx2 for its TestCli
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from api.app import create_app
-from api.settings import Settings
+from dicom_db.api.app import create_app
+from dicom_db.api.settings import Settings
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -255,7 +255,7 @@ def free_port() -> int:
 
 def api_command() -> list[str]:
     exe = Path(sys.executable).parent / "dicom-api"
-    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from api.cli import main; main()"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from dicom_db.api.cli import main; main()"]
 
 
 class ApiProcess:

@@ -29,7 +29,7 @@ PG_ADMIN_DB = "test"  # the machine's PostgreSQL: trust auth, user postgres, dat
 def ingest_command() -> list[str]:
     """The installed console script, falling back to the module (same code) when not on PATH."""
     exe = BIN / "dicom-ingest"
-    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from ingest.cli import main; main()"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from dicom_db.ingest.cli import main; main()"]
 
 
 def run_ingest(*args: str | os.PathLike[str], check: int | None = None, **kwargs) -> subprocess.CompletedProcess:

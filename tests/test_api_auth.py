@@ -29,11 +29,11 @@ import pytest
 from api_helpers import UID_ROOT, TestClient
 from api_helpers import TokenClient as Client
 
-from api import auth
-from api.app import DEFAULT_QUERY, DEIDENTIFIED_DEFAULT_QUERY, create_app
-from api.auth import AccessLevel, Authenticator, Token, parse_tokens, read_tokens_file
-from api.masking import Pseudonyms, masked_fields
-from api.settings import Settings, SettingsError
+from dicom_db.api import auth
+from dicom_db.api.app import DEFAULT_QUERY, DEIDENTIFIED_DEFAULT_QUERY, create_app
+from dicom_db.api.auth import AccessLevel, Authenticator, Token, parse_tokens, read_tokens_file
+from dicom_db.api.masking import Pseudonyms, masked_fields
+from dicom_db.api.settings import Settings, SettingsError
 
 pytest_plugins = ["api_fixtures"]
 
@@ -548,7 +548,7 @@ def test_tokens_are_never_logged(app_client: TestClient, caplog: pytest.LogCaptu
 
 def _api_command() -> list[str]:
     exe = BIN / "dicom-api"
-    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from api.cli import main; main()"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from dicom_db.api.cli import main; main()"]
 
 
 def _clean_env(**extra: str) -> dict[str, str]:

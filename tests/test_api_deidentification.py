@@ -31,11 +31,11 @@ import pytest
 from api_helpers import UID_ROOT, TestClient, TokenClient, ingest_into, write_series
 from conftest import DICOMDIR_TESTS, SHARED_DATA, rows
 
-from api.app import create_app
-from api.auth import AccessLevel, Token, read_tokens_file
-from api.columns import TABLES, Kind, Option
-from api.masking import Pseudonyms, Treatment, ps315_table, treatment
-from api.settings import Settings
+from dicom_db.api.app import create_app
+from dicom_db.api.auth import AccessLevel, Token, read_tokens_file
+from dicom_db.api.columns import TABLES, Kind, Option
+from dicom_db.api.masking import Pseudonyms, Treatment, ps315_table, treatment
+from dicom_db.api.settings import Settings
 
 pytest_plugins = ["api_fixtures"]
 

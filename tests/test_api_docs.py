@@ -10,7 +10,7 @@ import graphql
 import pytest
 from api_helpers import Api
 
-from api.schema import sdl
+from dicom_db.api.schema import sdl
 
 pytest_plugins = ["api_fixtures"]
 

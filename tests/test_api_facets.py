@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from api_helpers import UID_ROOT, Api
 
-from api.columns import PATIENT, SERIES, SLICE, STUDY, Table
+from dicom_db.api.columns import PATIENT, SERIES, SLICE, STUDY, Table
 
 pytest_plugins = ["api_fixtures"]
 

@@ -61,11 +61,11 @@ from schemathesis.graphql import nodes  # noqa: E402
 from schemathesis.python import asgi  # noqa: E402
 from schemathesis.specs.openapi.checks import response_schema_conformance  # noqa: E402
 
-from api.app import create_app  # noqa: E402
-from api.auth import AccessLevel  # noqa: E402
-from api.columns import TABLES  # noqa: E402
-from api.masking import Pseudonyms, Treatment, treatment  # noqa: E402
-from api.settings import Settings  # noqa: E402
+from dicom_db.api.app import create_app  # noqa: E402
+from dicom_db.api.auth import AccessLevel  # noqa: E402
+from dicom_db.api.columns import TABLES  # noqa: E402
+from dicom_db.api.masking import Pseudonyms, Treatment, treatment  # noqa: E402
+from dicom_db.api.settings import Settings  # noqa: E402
 
 FUZZ_SEED = int(os.environ.get("DICOM_DB_FUZZ_SEED", "20260604"))
 # Per root field (8 of them): at least 1,000 queries in all, in about a minute on a 2-core machine.

@@ -21,9 +21,9 @@ import httpx
 import pytest
 from api_helpers import Api, TestClient, serve
 
-from api.app import DEFAULT_QUERY, create_app
-from api.errors import DatabaseUnavailable
-from api.settings import Settings, SettingsError
+from dicom_db.api.app import DEFAULT_QUERY, create_app
+from dicom_db.api.errors import DatabaseUnavailable
+from dicom_db.api.settings import Settings, SettingsError
 
 pytest_plugins = ["api_fixtures"]
 
@@ -222,7 +222,7 @@ def _free_port() -> int:
 
 def _api_command() -> list[str]:
     exe = BIN / "dicom-api"
-    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from api.cli import main; main()"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from dicom_db.api.cli import main; main()"]
 
 
 def test_cli_help_describes_every_option() -> None:

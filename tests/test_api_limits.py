@@ -17,8 +17,8 @@ import pytest
 from api_helpers import Api, serve
 from graphql import Lexer, Source, TokenKind, get_introspection_query
 
-from api.cli import build_parser, settings_from_args
-from api.settings import Settings, SettingsError
+from dicom_db.api.cli import build_parser, settings_from_args
+from dicom_db.api.settings import Settings, SettingsError
 
 pytest_plugins = ["api_fixtures"]
 

@@ -12,8 +12,8 @@ import pytest
 from api_helpers import UID_ROOT, Api, serve
 from conftest import fresh_postgres_database, run_ingest
 
-from api.auth import AccessLevel, Token
-from api.masking import Pseudonyms
+from dicom_db.api.auth import AccessLevel, Token
+from dicom_db.api.masking import Pseudonyms
 
 pytest_plugins = ["api_fixtures"]
 

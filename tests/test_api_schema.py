@@ -6,10 +6,10 @@ from __future__ import annotations
 import graphql
 import pytest
 
-from api.auth import AccessLevel
-from api.columns import PATIENT, SERIES, SLICE, STUDY, TABLES, Kind, Table, snake_case
-from api.masking import Treatment, treatment
-from api.schema import SDL_PATH, sdl
+from dicom_db.api.auth import AccessLevel
+from dicom_db.api.columns import PATIENT, SERIES, SLICE, STUDY, TABLES, Kind, Table, snake_case
+from dicom_db.api.masking import Treatment, treatment
+from dicom_db.api.schema import SDL_PATH, sdl
 
 SCHEMA = graphql.build_schema(sdl())
 TYPE_OF_KIND = {
@@ -35,7 +35,7 @@ FILTER_OF_KIND = {
 
 
 def test_schema_graphql_is_up_to_date() -> None:
-    assert SDL_PATH.read_text() == sdl(), "schema.graphql is stale: run `python -m api.schema --write`"
+    assert SDL_PATH.read_text() == sdl(), "schema.graphql is stale: run `python -m dicom_db.api.schema --write`"
 
 
 def _camel(column: str) -> str:

@@ -28,13 +28,13 @@ import pytest
 from api_helpers import UID_ROOT, Api, TestClient, serve
 from conftest import PG_SERVER, dump_tables, fresh_postgres_database, run_ingest
 
-from api import db as api_db
-from api import limits
-from api.app import GraphQLApp, create_app
-from api.auth import AccessLevel, Token
-from api.filters import MAX_MATCH_LENGTH
-from api.masking import Pseudonyms
-from api.settings import Settings
+from dicom_db.api import db as api_db
+from dicom_db.api import limits
+from dicom_db.api.app import GraphQLApp, create_app
+from dicom_db.api.auth import AccessLevel, Token
+from dicom_db.api.filters import MAX_MATCH_LENGTH
+from dicom_db.api.masking import Pseudonyms
+from dicom_db.api.settings import Settings
 
 pytest_plugins = ["api_fixtures"]
 

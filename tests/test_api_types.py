@@ -10,7 +10,7 @@ from api_helpers import UID_ROOT, Api
 from conftest import DICOMDIR_TESTS
 from pydicom.errors import InvalidDicomError
 
-from api.columns import PATIENT, SERIES, SLICE, STUDY, Table
+from dicom_db.api.columns import PATIENT, SERIES, SLICE, STUDY, Table
 
 pytest_plugins = ["api_fixtures"]
 

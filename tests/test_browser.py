@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from served import running_api
 
-from api.masking import Pseudonyms
+from dicom_db.api.masking import Pseudonyms
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev extra: pip install -e '.[dev]'")
 

@@ -7,8 +7,8 @@ import re
 
 from api_helpers import Api, serve
 
-from api.auth import parse_tokens
-from api.graphiql import STATIC
+from dicom_db.api.auth import parse_tokens
+from dicom_db.api.graphiql import STATIC
 
 pytest_plugins = ["api_fixtures"]
 

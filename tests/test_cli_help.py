@@ -11,9 +11,9 @@ import pytest
 from api_helpers import api_command, ingest_into, write_synthetic
 from conftest import run_ingest
 
-from api.cli import EXIT_ADDRESS
-from api.cli import build_parser as api_parser
-from ingest.cli import build_parser as ingest_parser
+from dicom_db.api.cli import EXIT_ADDRESS
+from dicom_db.api.cli import build_parser as api_parser
+from dicom_db.ingest.cli import build_parser as ingest_parser
 
 
 @pytest.mark.parametrize("parser", [api_parser, ingest_parser], ids=["dicom-api", "dicom-ingest"])

@@ -18,8 +18,8 @@ import pytest
 from api_helpers import CT_IMAGE, UID_ROOT, Api, api_process, ingest_into, serve, write_instance
 from conftest import fresh_postgres_database, run_ingest
 
-from api.auth import parse_tokens
-from ingest.paths import from_text, to_text
+from dicom_db.api.auth import parse_tokens
+from dicom_db.ingest.paths import from_text, to_text
 
 FULL, DEID = "files-full-token-0123456789ab", "files-deid-token-0123456789ab"
 PATIENT = {"PatientID": "FILES-1", "PatientName": "File^Fetcher"}

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from api_helpers import Api
 
-from api.app import DEFAULT_QUERY, DEIDENTIFIED_DEFAULT_QUERY
-from api.graphiql import SCRIPTS, STATIC, STYLES, VENDOR, graphiql_page, manifest
+from dicom_db.api.app import DEFAULT_QUERY, DEIDENTIFIED_DEFAULT_QUERY
+from dicom_db.api.graphiql import SCRIPTS, STATIC, STYLES, VENDOR, graphiql_page, manifest
 
 pytest_plugins = ["api_fixtures"]
 

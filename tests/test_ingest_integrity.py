@@ -460,7 +460,7 @@ def test_another_applications_database_is_refused_untouched(tmp_path: Path) -> N
 # ------------------------------------------------------------------------------------------------ randomized
 def _cli(*args: str | Path) -> int:
     """The CLI's entry point in this process (the same code as the console script, without its start-up)."""
-    from ingest.cli import main
+    from dicom_db.ingest.cli import main
 
     try:
         main([str(a) for a in args])
@@ -571,11 +571,11 @@ def test_a_file_changed_just_before_the_walk_is_read_again_next_time(
 ) -> None:
     """A file whose ctime is within RACY_NS of the walk could change again within the same clock tick without
     its ctime moving: it is recorded with an unknown ctime (-1), so the next run reads it again."""
-    import ingest.cli
-    from ingest.pipeline import RACY_NS, walk
+    import dicom_db.ingest.cli
+    from dicom_db.ingest.pipeline import RACY_NS, walk
 
     walks = []
-    monkeypatch.setattr(ingest.cli, "walk", lambda paths: walks.append(walk(paths)) or walks[-1])
+    monkeypatch.setattr(dicom_db.ingest.cli, "walk", lambda paths: walks.append(walk(paths)) or walks[-1])
     tree, db = tmp_path / "in", tmp_path / "racy.db"
     write_series(tree / "old", count=2)
     assert _cli(tree, "--db", _db(db), "--quiet") == 0
@@ -597,6 +597,9 @@ def test_a_fifo_put_where_a_file_was_is_refused_without_blocking(tmp_path: Path)
     wait for one (the reader opens without blocking and checks what it opened)."""
     fifo = tmp_path / "swapped.dcm"
     os.mkfifo(fifo)
-    code = "import sys; from ingest.reader import read_file; r = read_file(sys.argv[1]); print(r.status, r.reason)"
+    code = (
+        "import sys; from dicom_db.ingest.reader import read_file; "
+        "r = read_file(sys.argv[1]); print(r.status, r.reason)"
+    )
     proc = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=30)
     assert proc.stdout.strip() == "not_dicom not a regular file", proc.stderr

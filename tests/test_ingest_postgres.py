@@ -15,7 +15,7 @@ from conftest import DICOMDIR_TESTS, dump_tables, fresh_postgres_database, run_i
 from dicom_factory import write_series
 from test_ingest import summary
 
-from ingest.db import DatabaseError, Store
+from dicom_db.ingest.db import DatabaseError, Store
 
 
 @pytest.fixture

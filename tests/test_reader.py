@@ -23,7 +23,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from ingest.reader import FileResult, read_fast, read_file, read_reference
+from dicom_db.ingest.reader import FileResult, read_fast, read_file, read_reference
 
 
 def _all_files(*roots: Path) -> list[Path]:

@@ -21,8 +21,8 @@ from png import read_png
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from api.auth import parse_tokens
-from api.images import NoImage, encode_png, shrink, thumbnail_png
+from dicom_db.api.auth import parse_tokens
+from dicom_db.api.images import NoImage, encode_png, shrink, thumbnail_png
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498."
 FULL, DEID = "thumbnail-full-token-0123456789", "thumbnail-deid-token-0123456789"

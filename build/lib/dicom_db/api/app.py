@@ -1,0 +1,411 @@
+"""The Starlette application: `/graphql` (POST, GET with `?query=`, GraphiQL for browsers), `/healthz`
+(liveness: answers without touching the database), `/readyz` (readiness: the database answers), and for full
+access `/files/` (api.files) and `/thumbnails/` (api.thumbnails).
+
+`create_app(settings)` assembles everything in one place, so that what a deployment changes (settings,
+extensions, middleware) has one home.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
+
+from cross_web import HTTPException
+from graphql import GraphQLError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.http import GraphQLHTTPResponse
+from strawberry.schema import BaseSchema
+from strawberry.types import ExecutionResult
+
+from dicom_db.api.auth import RequireToken, describe_tokens, principal_of
+from dicom_db.api.browser import browser_page
+from dicom_db.api.columns import STUDY
+from dicom_db.api.db import Database
+from dicom_db.api.execution import ResponseTooLarge, encode_response, response_too_large
+from dicom_db.api.files import Files
+from dicom_db.api.graphiql import STATIC, graphiql_response
+from dicom_db.api.http import (
+    BadRequest,
+    BodyTooLarge,
+    SingleAuthorization,
+    body_too_large,
+    declared_length,
+    error_body,
+    error_response,
+    limit_body,
+    parse_request_json,
+)
+from dicom_db.api.limits import timeout_error
+from dicom_db.api.loaders import Context, Loaders
+from dicom_db.api.masking import Access, Pseudonyms
+from dicom_db.api.schema import build_schema, unexpected
+from dicom_db.api.settings import Settings
+from dicom_db.api.thumbnails import Thumbnails
+from dicom_db.api.types import make_node
+
+log = logging.getLogger("dicom_api")
+
+# Seconds between row counts of the tables (the node budget's caps, api.limits): an ingest that runs meanwhile
+# adds at most this long's worth of rows that the budget does not yet know of.
+ROW_COUNT_INTERVAL = 10.0
+READY_TIMEOUT = 1.0  # seconds /readyz waits for the database
+
+DEFAULT_QUERY = """# dicom-db. Ctrl-Enter runs this query; the
+# Docs panel lists every field, filter (where),
+# order (orderBy) and facet (groupBy).
+# More examples: docs/api.md
+{
+  allPatients(
+    first: 10
+    orderBy: [{field: PATIENT_NAME}]
+  ) {
+    totalCount
+    pageInfo { hasNextPage endCursor }
+    nodes {
+      patientId
+      patientName
+      studyCount
+      studies(
+        orderBy: [
+          {field: STUDY_DATE, direction: DESC}
+        ]
+      ) {
+        nodes {
+          studyDate
+          studyDescription
+          modalities
+          series(first: 5) {
+            nodes {
+              modality
+              seriesDescription
+              sliceThickness
+              sliceCount
+            }
+          }
+        }
+      }
+    }
+  }
+  modalities: allSeries {
+    groupBy(field: MODALITY) { value count }
+  }
+}
+"""
+
+
+# The same, for a token that may not order by patient name. (Lines stay short: the query fits GraphiQL's editor
+# at 1280 px, which tests/test_browser.py checks.)
+DEIDENTIFIED_DEFAULT_QUERY = DEFAULT_QUERY.replace("    orderBy: [{field: PATIENT_NAME}]\n", "")
+STUDY_DATE_ORDER = """(
+        orderBy: [
+          {field: STUDY_DATE, direction: DESC}
+        ]
+      )"""
+
+
+class GraphQLApp(GraphQL[Context, None]):
+    """Strawberry's ASGI view with this API's context: the request's access level, fresh loaders, one database
+    session (one connection, one snapshot) and the time limit."""
+
+    def __init__(self, schema: BaseSchema, *, database: Database, settings: Settings) -> None:
+        super().__init__(schema, graphql_ide="graphiql" if settings.graphiql else None)
+        self.database = database
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Strawberry's view, with the body limited in size and every refusal as JSON with a code (Strawberry
+        answers its own refusals as plain text)."""
+        if scope["type"] != "http":  # no websocket route leads here
+            return
+        limit = self.settings.max_body_bytes
+        length = declared_length(scope)
+        if length is not None and length > limit:
+            await body_too_large(limit)(scope, receive, send)
+            return
+        request = Request(scope, limit_body(receive, limit))
+        try:
+            response = await self.run(request)
+        except HTTPException as exc:
+            response = error_response(exc.status_code, _sentence(exc.reason))
+        except BodyTooLarge:
+            response = body_too_large(limit)
+        except ClientDisconnect:  # the client left while sending its request: nobody to answer
+            log.debug("a client disconnected before its request was read")
+            return
+        await response(scope, receive, send)
+
+    def parse_json(self, data: str | bytes) -> Any:
+        try:
+            return parse_request_json(data)
+        except BadRequest as exc:
+            raise HTTPException(400, str(exc)) from None
+
+    async def get_context(self, request: Request | WebSocket, response: Response | WebSocket) -> Context:
+        principal = principal_of(request.scope, bool(self.settings.tokens))
+        if principal is None:  # tokens configured, yet nothing authenticated this request: fail closed
+            raise HTTPException(401, "Authentication required")
+        access = Access(principal.level, self.database.pseudonyms)
+        # The time limit runs from here: execution (api.execution checks it) and the encoding of the response.
+        deadline = asyncio.get_running_loop().time() + self.settings.timeout
+        if isinstance(request, Request):
+            setattr(request.state, DEADLINE, deadline)
+        return Context(
+            request=request,  # type: ignore[arg-type]
+            response=response,  # type: ignore[arg-type]
+            db=self.database,
+            settings=self.settings,
+            loaders=Loaders(self.database, partial(make_node, access=access)),
+            access=access,
+            deadline=deadline,
+        )
+
+    async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
+        # The last word on errors. MaskErrors masks what resolvers raise, but an exception raised in an
+        # extension's hook (a bug in api.limits, say) skips the hooks' post-processing, MaskErrors' included.
+        if self.settings.mask_errors and result.errors:
+            result.errors = [_masked(e) if unexpected(e) else e for e in result.errors]
+        response = await super().process_result(request, result)
+        # Encoded here, within what is left of the time limit and the response size limit, and yielding to the
+        # event loop (api.execution); `encode_json` then only hands the text over.
+        limit = self.settings.max_response_bytes
+        deadline = getattr(request.state, DEADLINE, None) or asyncio.get_running_loop().time() + self.settings.timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                text = await encode_response(response, limit)
+        except ResponseTooLarge:
+            log.warning("a response exceeded the limit of %d bytes and was not sent", limit)
+            return await super().process_result(request, ExecutionResult(None, [response_too_large(limit)]))
+        except TimeoutError:
+            log.warning("a request ran into the time limit of %g s and was stopped", self.settings.timeout)
+            return await super().process_result(request, ExecutionResult(None, [timeout_error(self.settings.timeout)]))
+        if not prefers_graphql_response(request.headers.get("accept", "")):
+            return Encoded(response, text)
+        # GraphQL over HTTP's own media type: a request that failed before execution (it did not parse or
+        # validate, its variables did not coerce, a limit refused it) has no `data` and a 400. Errors of the
+        # execution have a path, but for the time limit, which stops an execution under way.
+        before_execution = all(e.path is None and _code(e) != "TIME_LIMIT_EXCEEDED" for e in result.errors or ())
+        if result.data is None and result.errors and before_execution:
+            response = {k: v for k, v in response.items() if k != "data"}  # type: ignore[assignment]
+            return Encoded(response, await encode_response(response, limit), 400, GRAPHQL_RESPONSE)
+        return Encoded(response, text, 200, GRAPHQL_RESPONSE)
+
+    def create_response(self, response_data: Any, sub_response: Response) -> Response:
+        response = super().create_response(response_data, sub_response)
+        if isinstance(response_data, Encoded) and response_data.media_type != "application/json":
+            response.status_code = response_data.status
+            response.headers["content-type"] = response_data.media_type
+        return response
+
+    def encode_json(self, data: object) -> str | bytes:
+        return data.text if isinstance(data, Encoded) else super().encode_json(data)
+
+    async def execute_operation(self, *args: Any, **kwargs: Any) -> Any:
+        context = kwargs.get("context")
+        deadline = getattr(context, "deadline", None) or asyncio.get_running_loop().time() + self.settings.timeout
+        async with self.database.request(deadline) as session:
+            try:
+                async with asyncio.timeout_at(deadline) as timeout:
+                    return await super().execute_operation(*args, **kwargs)
+            except TimeoutError:
+                if not timeout.expired():
+                    raise
+                session.interrupt()  # the statements under way stop; the session ends as the block exits
+                log.warning("a request ran into the time limit of %g s and was stopped", self.settings.timeout)
+                return ExecutionResult(data=None, errors=[timeout_error(self.settings.timeout)])
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        principal = principal_of(request.scope, bool(self.settings.tokens))
+        deidentified = principal is not None and not principal.level.full
+        query = DEIDENTIFIED_DEFAULT_QUERY if deidentified else DEFAULT_QUERY
+        if principal is not None and Access(principal.level, self.database.pseudonyms).forbids(
+            STUDY.by_name["StudyDate"], STUDY
+        ):  # a level that removes dates (a declared `basic`) may not order by them either
+            query = query.replace(STUDY_DATE_ORDER, "")
+        return graphiql_response(query)
+
+
+DEADLINE = "dicom_api_deadline"  # where a request's deadline (event-loop time) is kept in request.state
+
+
+class Encoded(dict):  # type: ignore[type-arg]
+    """A response and its JSON text, encoded by `GraphQLApp.process_result`, with its status and media type."""
+
+    def __init__(
+        self, response: GraphQLHTTPResponse, text: str, status: int = 200, media_type: str = "application/json"
+    ) -> None:
+        super().__init__(response)
+        self.text = text
+        self.status = status
+        self.media_type = media_type
+
+
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+
+
+def prefers_graphql_response(accept: str) -> bool:
+    """Whether an Accept header prefers `application/graphql-response+json` to `application/json` (higher
+    quality; on a tie, the newer type). Without either (no header, `*/*`) the answer is `application/json`."""
+    quality: dict[str, float] = {}
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        quality[media.lower()] = max(q, quality.get(media.lower(), 0.0))
+    new = quality.get(GRAPHQL_RESPONSE, 0.0)
+    return new > 0 and new >= quality.get("application/json", 0.0)
+
+
+def _code(error: GraphQLError) -> Any:
+    return (error.extensions or {}).get("code")
+
+
+def _sentence(text: str) -> str:
+    return text if text.endswith((".", "?", "!")) else text + "."
+
+
+def _masked(error: GraphQLError) -> GraphQLError:
+    return GraphQLError("Unexpected error.", nodes=error.nodes, path=error.path)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+    pseudonyms = Pseudonyms(settings.pseudonym_key)
+    database = Database(
+        settings.database_url,
+        pool_size=settings.pool_size,
+        busy_timeout_ms=settings.busy_timeout_ms,
+        pool_timeout=settings.pool_timeout,
+        pseudonyms=pseudonyms,
+    )
+    schema = build_schema(settings, row_counts=lambda: database.table_rows)
+    graphql = GraphQLApp(schema, database=database, settings=settings)
+    # With tokens, nothing reaches the GraphQL view (GraphiQL page included) without a valid one.
+    endpoint: ASGIApp = RequireToken(graphql, settings.tokens) if settings.tokens else graphql
+    thumbnails: ASGIApp = Thumbnails(database, settings)
+    files: ASGIApp = Files(database, settings)
+    if settings.tokens:
+        thumbnails = RequireToken(thumbnails, settings.tokens)
+        files = RequireToken(files, settings.tokens)
+    endpoint = SingleAuthorization(endpoint)
+    thumbnails = SingleAuthorization(thumbnails)
+    files = SingleAuthorization(files)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        _log_access_settings(settings, pseudonyms)
+        await database.connect()
+        counting = asyncio.create_task(_count_rows_every(database, ROW_COUNT_INTERVAL))
+        try:
+            yield
+        finally:
+            counting.cancel()
+            await database.disconnect()
+
+    async def healthz(request: Request) -> Response:
+        # Liveness: this process answers. It never waits for the database, so that slow queries holding every
+        # connection do not make a live server look dead.
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                await database.ping()
+        except Exception as exc:  # readiness checks report, they do not raise
+            reason = "no answer within 1 s" if isinstance(exc, TimeoutError) else " ".join(str(exc).split())
+            log.warning("readiness check failed: %s", reason or type(exc).__name__)
+            return JSONResponse(
+                {"status": "unavailable", **error_body("The database did not answer within 1 s.", "UNAVAILABLE")},
+                status_code=503,
+            )
+        return JSONResponse({"status": "ok"})
+
+    middleware = []
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Content-Type", "Authorization"],
+                max_age=600,
+            )
+        )
+    app = Starlette(
+        routes=[
+            Route("/graphql", endpoint, methods=["GET", "POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/thumbnails/{series_uid}.png", thumbnails, methods=["GET"]),
+            Route("/files/{sop_uid}", files, methods=["GET"]),
+            Route("/", browser_page, methods=["GET"]),
+            Route("/studies/{study_uid}", browser_page, methods=["GET"]),
+            # GraphiQL's builds and the study browser: public code, no data, so no token is needed for them.
+            Mount("/static", GZipMiddleware(StaticFiles(directory=STATIC)), name="static"),
+        ],
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={StarletteHTTPException: _http_error, Exception: _server_error},
+    )
+    app.state.database = database
+    app.state.settings = settings
+    return app
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (an unknown path, a method a route does not take) as JSON with a code."""
+    assert isinstance(exc, StarletteHTTPException)
+    return error_response(exc.status_code, _sentence(exc.detail), headers=exc.headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    # Starlette logs the traceback (a bug of ours); the client gets JSON with a code, no details.
+    return error_response(500, "Unexpected error.", "INTERNAL_SERVER_ERROR")
+
+
+RANDOM_KEY_WARNING = (
+    "no pseudonym key configured (DICOM_API_PSEUDONYM_KEY or DICOM_API_PSEUDONYM_KEY_FILE): the pseudonyms "
+    "de-identified tokens see change whenever the server restarts"
+)
+
+
+def _log_access_settings(settings: Settings, pseudonyms: Pseudonyms) -> None:
+    if settings.tokens:
+        log.info("authentication required; tokens: %s", describe_tokens(settings.tokens))
+    else:
+        log.info("no tokens configured: every request has full access")
+    deidentified = any(not t.level.full for t in settings.tokens)
+    if deidentified and not pseudonyms.configured:
+        log.warning(RANDOM_KEY_WARNING)
+
+
+async def _count_rows_every(database: Database, seconds: float) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        if not database.connected:  # the app is shutting down
+            return
+        try:
+            await database.count_rows()
+        except Exception as exc:  # the database may be restarting: the last counts stay, the next try may work
+            log.warning("counting the tables' rows failed: %s", exc)

@@ -1,0 +1,121 @@
+"""Size limits of a request's input values: arguments written in the document and variables, measured as sent,
+before anything coerces them (graphql-core's coercion of a list of a million values is itself the cost to avoid).
+
+- `maxListLength`: items of any one list (an `in` of UIDs, an `or` of filters);
+- `maxWhereDepth`: input objects nested in one argument or variable, filters included
+  (`{not: {patientName: {eq: "x"}}}` is 3 deep): each level nests the SQL condition, and SQLite's parser gives up
+  past about 16;
+- `maxWhereSize`: input objects in one argument or variable: each is a term of the SQL condition, and SQLite refuses
+  an expression more than 1,000 terms deep.
+
+A variable is measured on its own and where an argument uses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    GraphQLError,
+    ListValueNode,
+    ObjectValueNode,
+    ValueNode,
+    VariableNode,
+    visit,
+)
+from graphql.language import Visitor
+
+from dicom_db.api.errors import LimitExceeded
+from dicom_db.api.settings import Settings
+
+CODES = {
+    "maxListLength": "LIST_LIMIT_EXCEEDED",
+    "maxWhereDepth": "WHERE_DEPTH_LIMIT_EXCEEDED",
+    "maxWhereSize": "WHERE_SIZE_LIMIT_EXCEEDED",
+}
+
+
+@dataclass(slots=True)
+class Size:
+    depth: int = 0  # input objects nested
+    objects: int = 0  # input objects in all
+    longest: int = 0  # items of the longest list
+
+    def add(self, inner: Size, depth: int) -> None:
+        self.depth = max(self.depth, depth + inner.depth)
+        self.objects += inner.objects
+        self.longest = max(self.longest, inner.longest)
+
+
+def measure_json(value: Any, stop_depth: int) -> Size:
+    """The size of a JSON value (a raw variable), without recursion; the walk stops below `stop_depth` objects
+    (the value is already too deep)."""
+    size = Size()
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            depth += 1
+            size.objects += 1
+            size.depth = max(size.depth, depth)
+            if depth <= stop_depth:
+                stack.extend((v, depth) for v in item.values())
+        elif isinstance(item, list):
+            size.longest = max(size.longest, len(item))
+            stack.extend((v, depth) for v in item)
+    return size
+
+
+def measure_ast(node: ValueNode, variables: dict[str, Size]) -> Size:
+    size = Size()
+    stack: list[tuple[ValueNode, int]] = [(node, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, ObjectValueNode):
+            depth += 1
+            size.objects += 1
+            size.depth = max(size.depth, depth)
+            stack.extend((f.value, depth) for f in item.fields)
+        elif isinstance(item, ListValueNode):
+            size.longest = max(size.longest, len(item.values))
+            stack.extend((v, depth) for v in item.values)
+        elif isinstance(item, VariableNode):
+            size.add(variables.get(item.name.value, Size()), depth)
+    return size
+
+
+def input_errors(document: DocumentNode, variables: Any, settings: Settings) -> list[GraphQLError]:
+    """Errors for every argument and variable over a limit (one per limit and name)."""
+    errors: dict[tuple[str, str], GraphQLError] = {}
+    measured: dict[str, Size] = {}
+    stop = settings.max_where_depth + 1
+    for name, value in (variables or {}).items() if isinstance(variables, dict) else ():
+        measured[name] = size = measure_json(value, stop)
+        _check(size, f"variable ${name}", settings, errors)
+
+    class Arguments(Visitor):
+        def enter_field(self, node: FieldNode, *_: Any) -> None:
+            for argument in node.arguments or ():
+                if isinstance(argument.value, VariableNode):  # measured as the variable
+                    continue
+                size = measure_ast(argument.value, measured)
+                _check(size, f"argument `{argument.name.value}` of `{node.name.value}`", settings, errors)
+
+    visit(document, Arguments())
+    return list(errors.values())
+
+
+def _check(size: Size, what: str, settings: Settings, errors: dict[tuple[str, str], GraphQLError]) -> None:
+    for limit, value, allowed, noun in (
+        ("maxListLength", size.longest, settings.max_list_length, "a list of {value:,} items"),
+        ("maxWhereDepth", size.depth, settings.max_where_depth, "input objects nested {value:,} deep"),
+        ("maxWhereSize", size.objects, settings.max_where_size, "{value:,} input objects"),
+    ):
+        if value > allowed and (limit, what) not in errors:
+            message = f"The {what} holds {noun.format(value=value)}; the limit is {allowed:,} ({limit})."
+            if limit == "maxWhereDepth" and value > settings.max_where_depth + 1:
+                message = f"The {what} nests input objects deeper than {allowed:,}, the limit ({limit})."
+            errors[(limit, what)] = LimitExceeded(message, CODES[limit], limit, allowed)

@@ -1,0 +1,619 @@
+"""Read one DICOM file's header into plain Python values: the only module that imports pydicom.
+
+`read_file(path)` never raises for bad input: it returns a `FileResult` whose `status` says what the file
+was (`dicom`, `not_dicom` or `failed`) and, for failures, a `reason` a person can act on.
+
+Two paths, one answer. The common file (preamble, file meta with a group length, little endian, values in the
+VRs the standard gives them, no ISO 2022 escapes) goes the fast way: pydicom's element parser over the bytes
+read at once, values decoded from the raw bytes here. Every other file, and every file whose fast reading
+meets anything unexpected, goes through pydicom's `read_partial` and its value conversion, which is the
+reference: tests/test_reader.py checks that both paths give the same result on every file they both read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import stat
+import zlib
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any, BinaryIO
+
+import pydicom
+import pydicom.config
+from pydicom.charset import convert_encodings, custom_encoders
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import data_element_generator, read_partial
+from pydicom.multival import MultiValue
+from pydicom.uid import PrivateTransferSyntaxes
+from pydicom.valuerep import PersonName
+from pydicom.values import convert_string
+
+from dicom_db.ingest.derive import rank_key
+from dicom_db.ingest.limits import DEFAULT_MAX_HEADER_BYTES
+
+# Values that break a VR's rules are kept as read instead of raising on access; ingest never fails a whole
+# file for one malformed number.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+# Column -> DICOM keyword, per table. Columns whose name is not a DICOM keyword are mapped explicitly.
+PATIENT_COLUMNS: dict[str, str] = {
+    "PatientID": "PatientID",
+    "PatientName": "PatientName",
+    "PatientSex": "PatientSex",
+    "PatientAge": "PatientAge",
+    "PatientBirthDate": "PatientBirthDate",
+    "PatientIdentityRemoved": "PatientIdentityRemoved",
+    "DeIdentificationMethod": "DeidentificationMethod",
+    "LastMenstrualDate": "LastMenstrualDate",
+}
+STUDY_COLUMNS: dict[str, str] = {
+    "StudyInstanceUID": "StudyInstanceUID",
+    "StudyDescription": "StudyDescription",
+    "StudyDate": "StudyDate",
+    "StudyTime": "StudyTime",
+    "StudyID": "StudyID",
+    "SeriesDate": "SeriesDate",
+    "ReferringPhysicianName": "ReferringPhysicianName",
+}
+SERIES_COLUMNS: dict[str, str] = {
+    "SeriesInstanceUID": "SeriesInstanceUID",
+    "SeriesDescription": "SeriesDescription",
+    "Modality": "Modality",
+    "SliceThickness": "SliceThickness",
+    "PixelSpacing": "PixelSpacing",
+    "ImagePositionPatient": "ImagePositionPatient",
+    "ImageOrientationPatient": "ImageOrientationPatient",
+    "Rows": "Rows",
+    "Columns": "Columns",
+    "ImageType": "ImageType",
+    "AcquisitionNumber": "AcquisitionNumber",
+    "InstanceNumber": "InstanceNumber",
+    "PatientPosition": "PatientPosition",
+    "ExposureTime": "ExposureTime",
+    "KVP": "KVP",
+    "TableHeight": "TableHeight",
+    "SliceLocation": "SliceLocation",
+    "BodyPartExamined": "BodyPartExamined",
+    "ScanOptions": "ScanOptions",
+    "ReconstructionDiameter": "ReconstructionDiameter",
+    "DistanceSourceToPatient": "DistanceSourceToPatient",
+    "GantryDetectorTilt": "GantryDetectorTilt",
+    "RotationDirection": "RotationDirection",
+    "ConvolutionKernel": "ConvolutionKernel",
+}
+SLICE_COLUMNS: dict[str, str] = {
+    "SOPInstanceUID": "SOPInstanceUID",
+    "SOPClassUID": "SOPClassUID",
+    "AcquisitionDate": "AcquisitionDate",
+    "AcquisitionTime": "AcquisitionTime",
+    "ContrastBolusAgent": "ContrastBolusAgent",
+    "AccessionNumber": "AccessionNumber",
+    # No attribute is called SliceNumber: the instance's InstanceNumber (0020,0013) numbers the slice.
+    "SliceNumber": "InstanceNumber",
+    "SliceLocation": "SliceLocation",
+    "SliceThickness": "SliceThickness",
+    "PixelPaddingValue": "PixelPaddingValue",
+    "RescaleIntercept": "RescaleIntercept",
+    "RescaleSlope": "RescaleSlope",
+    # The de-identification flag "Longitudinal Temporal Information Modified" (0028,0303).
+    "LongitudinalTemporalInfo": "LongitudinalTemporalInformationModified",
+    "ImagePositionPatient": "ImagePositionPatient",
+}
+
+# How each column is stored: the seed types decide (TEXT columns keep DICOM's text form, numbers are numbers).
+INT_COLUMNS = {"Rows", "Columns", "ExposureTime", "SliceNumber", "PixelPaddingValue"}
+FLOAT_COLUMNS = {
+    "KVP",
+    "TableHeight",
+    "SliceLocation",
+    "ReconstructionDiameter",
+    "DistanceSourceToPatient",
+    "GantryDetectorTilt",
+    "RescaleIntercept",
+    "RescaleSlope",
+}
+# SliceThickness is TEXT in Series (the user's type) but REAL in SliceMetadata.
+SLICE_FLOAT_COLUMNS = FLOAT_COLUMNS | {"SliceThickness"}
+DATE_KEYWORDS = {"PatientBirthDate", "LastMenstrualDate", "StudyDate", "SeriesDate", "AcquisitionDate"}
+TIME_KEYWORDS = {"StudyTime", "AcquisitionTime"}
+
+EXTRA_KEYWORDS = ("SpecificCharacterSet", "PixelRepresentation", "DirectoryRecordSequence")
+VALUE_KEYWORDS: list[str] = sorted(
+    {*PATIENT_COLUMNS.values(), *STUDY_COLUMNS.values(), *SERIES_COLUMNS.values(), *SLICE_COLUMNS.values()}
+)
+KEYWORDS: list[str] = sorted({*VALUE_KEYWORDS, *EXTRA_KEYWORDS})
+
+
+@dataclass(slots=True)
+class FileResult:
+    """What one file held: plain values per table, or why it was not ingested."""
+
+    path: str
+    status: str  # "dicom" | "not_dicom" | "failed"
+    reason: str | None = None
+    patient: dict[str, Any] = field(default_factory=dict)
+    study: dict[str, Any] = field(default_factory=dict)
+    series: dict[str, Any] = field(default_factory=dict)
+    slice: dict[str, Any] = field(default_factory=dict)
+    # The file could not be read (permissions, I/O error): what it holds is unknown, so what it held stays.
+    io_error: bool = False
+
+
+# Bytes of a header read at most (ingest/limits.py): a file that claims gigabytes costs at most this much.
+_limits = {"max_header_bytes": DEFAULT_MAX_HEADER_BYTES}
+
+
+def set_max_header_bytes(limit: int) -> None:
+    _limits["max_header_bytes"] = limit
+
+
+def read_file(path: str) -> FileResult:
+    """Parse the header of `path` (no pixel data, only the tags the tables need)."""
+    try:
+        result = read_fast(path)
+    except _NotRegular:
+        return FileResult(path, "not_dicom", "not a regular file")
+    except OSError as exc:
+        return FileResult(path, "failed", f"cannot read file: {exc.strerror or _one_line(exc)}", io_error=True)
+    except Exception:  # anything unexpected: the reference path below reads the file again and says why
+        result = None
+    return result if result is not None else read_reference(path)
+
+
+class _NotRegular(Exception):
+    pass
+
+
+def _open(path: str) -> BinaryIO:
+    """The file, opened without blocking: a FIFO or device put where a file was is refused, never waited on."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _NotRegular
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class _TooLong(Exception):
+    pass
+
+
+class _Bounded:
+    """A file for pydicom that never reads past `limit` bytes nor allocates more than the file holds, and notes
+    whether an element ran past the end of the file (a truncated file, whose values would be incomplete)."""
+
+    def __init__(self, fh: BinaryIO, limit: int) -> None:
+        self._fh = fh
+        self.name = getattr(fh, "name", None)
+        self.size = os.fstat(fh.fileno()).st_size
+        self.limit = limit
+        self.truncated = False
+        self.inflated_cut = False
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        position = self._fh.seek(offset, whence)
+        if position > self.size:
+            self.truncated = True  # an element skipped past the end
+        return position
+
+    def read(self, size: int | None = -1) -> bytes:
+        position = self._fh.tell()
+        if size is None or size < 0:
+            return self._deflated(position)
+        available = max(0, self.size - position)
+        if position + min(size, available) > self.limit:
+            raise _TooLong
+        if size > available and position and not (available == 0 and size == 8):
+            self.truncated = True  # a value or header cut by the end of the file (8 bytes at the end: the end)
+        return self._fh.read(min(size, available))
+
+    def _deflated(self, position: int) -> bytes:
+        """pydicom reads the rest of a deflated file at once and inflates it whole; give it a stream that
+        inflates to at most `limit` bytes (the header; what follows it is never needed)."""
+        if self.size - position > self.limit:
+            raise _TooLong
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        data = inflater.decompress(self._fh.read(), self.limit)
+        self.inflated_cut = bool(inflater.unconsumed_tail) or not inflater.eof
+        packer = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+        return packer.compress(data) + packer.flush()
+
+
+def read_reference(path: str) -> FileResult:
+    """`read_file` through pydicom's `read_partial` and value conversion: any file, any encoding."""
+    try:
+        ds = _read(path)
+    except _NotDicom as exc:
+        return FileResult(path, "not_dicom", str(exc))
+    except _NotRegular:
+        return FileResult(path, "not_dicom", "not a regular file")
+    except _Failed as exc:
+        return FileResult(path, "failed", str(exc))
+    except _TooLong:
+        limit = _limits["max_header_bytes"]
+        return FileResult(path, "failed", f"header longer than {limit} bytes (--max-header-bytes)")
+    except MemoryError:
+        return FileResult(path, "failed", "out of memory while reading the header")
+    except RecursionError:
+        return FileResult(path, "failed", "sequences nested too deeply to parse")
+    except (InvalidDicomError, EOFError) as exc:
+        return FileResult(path, "failed", f"invalid DICOM: {_one_line(exc)}")
+    except OSError as exc:
+        return FileResult(path, "failed", f"cannot read file: {exc.strerror or _one_line(exc)}", io_error=True)
+    except Exception as exc:  # pydicom raises many kinds on corrupt input; report, never crash a run
+        return FileResult(path, "failed", f"cannot parse DICOM header: {type(exc).__name__}: {_one_line(exc)}")
+    try:
+        return _to_result(path, ds)
+    except RecursionError:
+        return FileResult(path, "failed", "sequences nested too deeply to parse")
+    except Exception as exc:
+        return FileResult(path, "failed", f"cannot decode DICOM header: {type(exc).__name__}: {_one_line(exc)}")
+
+
+class _NotDicom(Exception):
+    pass
+
+
+class _Failed(Exception):
+    """The file is DICOM but its header cannot be stored whole; the message says why."""
+
+
+def _read(path: str) -> Dataset:
+    with _open(path) as raw:
+        fh = _Bounded(raw, _limits["max_header_bytes"])
+        if fh.size == 0:
+            raise _NotDicom("empty file")
+        try:
+            return _dcmread(fh)
+        except InvalidDicomError:
+            # A file without the 128-byte preamble and "DICM" may still be DICOM (old ACR-NEMA style or a raw
+            # dataset): read it only when it starts like a dataset (an element of group 0002 or 0008), so that
+            # text files and images are never "read" as junk.
+            fh.seek(0)
+            fh.truncated = False
+            head = fh.read(4)
+            if head[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"):
+                fh.seek(0)
+                return _dcmread(fh, force=True)
+            raise _NotDicom("not a DICOM file (no DICM prefix, does not start with a DICOM element)") from None
+
+
+# Elements come in ascending tag order: past the last tag the tables need, the rest of the header (vendor
+# private groups, request sequences, overlays, pixel data) is not read at all. Lookups use the tags, not the
+# keywords: pydicom turns a keyword into a tag on every access, which cost more than the parse itself.
+TAG_OF: dict[str, int] = {kw: int(tag_for_keyword(kw)) for kw in KEYWORDS}  # type: ignore[arg-type]
+_TAGS = sorted(TAG_OF.values())
+_LAST_TAG = _TAGS[-1]
+
+
+def _past_last_tag(tag: int, vr: str | None, length: int) -> bool:
+    return int.__gt__(tag, _LAST_TAG)  # int's comparison: BaseTag's Python-level __gt__ is slow here
+
+
+def _dcmread(fh: _Bounded, force: bool = False) -> Dataset:
+    stopped: list[bool] = []
+
+    def stop(tag: int, vr: str | None, length: int) -> bool:
+        if int.__gt__(tag, _LAST_TAG):
+            stopped.append(True)
+            return True
+        return False
+
+    ds = read_partial(fh, stop_when=stop, specific_tags=_TAGS, force=force)  # type: ignore[arg-type]
+    if fh.truncated and not stopped:
+        raise _Failed("truncated: an element runs past the end of the file, before the last attribute read")
+    if fh.inflated_cut and not stopped:
+        raise _Failed(f"deflated header larger than {fh.limit} bytes (--max-header-bytes)")
+    return ds
+
+
+def _to_result(path: str, ds: Dataset) -> FileResult:
+    charset = ds._character_set
+    values = {kw: _value(ds, kw, charset) for kw in VALUE_KEYWORDS}
+    if values["SOPClassUID"] == MEDIA_STORAGE_DIRECTORY or TAG_OF["DirectoryRecordSequence"] in ds._dict:
+        return FileResult(path, "not_dicom", "DICOMDIR (a media directory, not an image)")
+    return _rows(path, values)
+
+
+def _rows(path: str, values: dict[str, str | None]) -> FileResult:
+    """The table rows of one image from its values as DICOM text (None for absent or empty)."""
+    missing = [kw for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID") if not values.get(kw)]
+    if missing:
+        return FileResult(path, "failed", "missing " + ", ".join(missing))
+
+    patient = {col: values[kw] for col, kw in PATIENT_COLUMNS.items()}
+    patient["PatientIDGenerated"] = 0
+    if not patient["PatientID"]:
+        # No ID: one synthetic patient per study, so that studies of different people are never merged.
+        patient["PatientID"] = "NOID-" + values["StudyInstanceUID"]
+        patient["PatientIDGenerated"] = 1
+    study = {col: values[kw] for col, kw in STUDY_COLUMNS.items()}
+    study["PatientID"] = patient["PatientID"]
+    series = {col: _typed(col, values[kw]) for col, kw in SERIES_COLUMNS.items()}
+    series["StudyInstanceUID"] = values["StudyInstanceUID"]
+    series["SliceThicknessValue"] = _as_float(values["SliceThickness"])
+    series["RepresentativeKey"] = representative_key(values["InstanceNumber"], values["SOPInstanceUID"])
+    slice_ = {col: _typed(col, values[kw], SLICE_FLOAT_COLUMNS) for col, kw in SLICE_COLUMNS.items()}
+    slice_["SeriesInstanceUID"] = values["SeriesInstanceUID"]
+    return FileResult(path, "dicom", None, patient, study, series, slice_)
+
+
+def representative_key(instance_number: str | None, sop_uid: str) -> str:
+    """Sort key choosing a series' representative instance (ingest/derive.py)."""
+    return rank_key(_as_int(instance_number), sop_uid)
+
+
+def _value(ds: Dataset, keyword: str, charset: Any) -> str | None:
+    """The element as DICOM text: multi-values joined with a backslash, names as Unicode, dates ISO."""
+    value = _get(ds, keyword, charset)
+    if value is None or value == "" or value == b"":
+        return None
+    if isinstance(value, bytes):
+        # Ambiguous VRs (US or SS) read without the tag that resolves them arrive as raw bytes.
+        if keyword == "PixelPaddingValue" and len(value) in (2, 4):
+            pixel_representation = (
+                ds[TAG_OF["PixelRepresentation"]].value if TAG_OF["PixelRepresentation"] in ds._dict else 0
+            )
+            signed = pixel_representation == 1
+            return str(int.from_bytes(value, "big" if not ds.is_little_endian else "little", signed=signed))
+        return value.decode("latin-1").strip("\x00 ") or None
+    if keyword in DATE_KEYWORDS:
+        return iso_date(str(value))
+    if keyword in TIME_KEYWORDS:
+        return iso_time(str(value))
+    text = "\\".join(_scalar(v) for v in value) if isinstance(value, MultiValue | list | tuple) else _scalar(value)
+    text = text.strip("\x00 ")
+    return text or None
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, PersonName):
+        return str(value)  # decoded with SpecificCharacterSet; keeps the "=" component groups
+    return str(value)
+
+
+_DATE = re.compile(r"^(\d{4})\.?(\d{2})\.?(\d{2})$")
+_TIME = re.compile(r"^(\d{2}):?(\d{2})?:?(\d{2})?(\.\d{1,6})?$")
+
+
+def iso_date(text: str) -> str | None:
+    """DICOM DA (YYYYMMDD, or ACR-NEMA YYYY.MM.DD) as an ISO date; the original text if it is not a date."""
+    text = text.strip()
+    match = _DATE.match(text)
+    if match:
+        try:
+            return dt.date(*(int(g) for g in match.groups())).isoformat()
+        except ValueError:
+            pass
+    return text or None
+
+
+def iso_time(text: str) -> str | None:
+    """DICOM TM (HHMMSS.FFFFFF, parts optional) as an ISO time; the original text if it is not a time."""
+    text = text.strip()
+    match = _TIME.match(text)
+    if match:
+        hh, mm, ss, frac = match.groups()
+        if int(hh) < 24 and int(mm or 0) < 60 and int(ss or 0) < 61:
+            return f"{hh}:{mm or '00'}:{ss or '00'}{frac or ''}"
+    return text or None
+
+
+def _typed(column: str, text: str | None, float_columns: set[str] = FLOAT_COLUMNS) -> Any:
+    if column in INT_COLUMNS:
+        return _as_int(text)
+    if column in float_columns:
+        return _as_float(text)
+    return text
+
+
+def _as_float(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        number = float(text.split("\\")[0])
+    except ValueError:
+        return None
+    return number if number == number and abs(number) != float("inf") else None
+
+
+def _as_int(text: str | None) -> int | None:
+    """An integer of DICOM's range for IS (32-bit signed, as PostgreSQL's INTEGER), else None."""
+    number = _as_float(text)
+    if number is None or not number.is_integer() or not -(2**31) <= number < 2**31:
+        return None
+    return int(number)
+
+
+def _get(ds: Dataset, keyword: str, charset: Any = None) -> Any:
+    """The element's value, None when absent. Converted straight from the raw element with the file's
+    character set: Dataset.__getitem__ looks the character set up again for every element and stores the
+    converted element back, which cost more than parsing the file."""
+    elem = ds._dict.get(TAG_OF[keyword])
+    if elem is None:
+        return None
+    if isinstance(elem, RawDataElement):
+        try:
+            elem = convert_raw_data_element(elem, encoding=charset or ds._character_set, ds=ds)
+        except (ValueError, OverflowError):
+            if elem.VR not in ("IS", "DS", None) or not isinstance(elem.value, bytes):
+                raise
+            return elem.value  # a number pydicom cannot hold (1e400, Infinity): kept as text, stored as NULL
+    return elem.value
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+# ----------------------------------------------------------------------------------------------- fast path
+#
+# pydicom's `read_partial` builds a FileMetaDataset (validated element by element), a Dataset and, on access,
+# DataElements with value objects (DSfloat, IS, PersonName, MultiValue) that are turned straight back into
+# text here: together about twice the cost of the element parsing itself. The fast path keeps pydicom's
+# element parser (`data_element_generator`, the loop at the heart of `dcmread`) and skips the rest.
+
+# Bytes read at once: most headers end (up to the last needed tag) within the first few KiB, and a network
+# file system pays for every byte read. A header that goes on is read again with up to _MAX_READ bytes; one
+# longer than that takes the reference path.
+_FIRST_READ = 64 * 1024
+_MAX_READ = 4 * 1024 * 1024
+_GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"  # (0002,0000) UL, length 4: the file meta group's length
+_TRANSFER_SYNTAX = 0x00020010
+_CHARSET = TAG_OF["SpecificCharacterSet"]
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_NOT_FAST = {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99", *PrivateTransferSyntaxes}  # big endian, deflate
+_VALUE_TAGS: list[tuple[str, int]] = [(kw, TAG_OF[kw]) for kw in VALUE_KEYWORDS]
+_VR_OF: dict[int, str] = {tag: dictionary_VR(tag) for _, tag in _VALUE_TAGS}
+_UI = re.compile(rb"[0-9.\\]*[\x00 ]*")  # UIDs as written: pydicom's UID() strips any other whitespace per value
+_DS = re.compile(r" *[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)? *")
+_IS = re.compile(r" *[+-]?[0-9]+ *")
+
+
+class _Unusual(Exception):
+    """Something the fast path does not decode exactly as pydicom would: read the file the reference way."""
+
+
+def _not_group_2(tag: int, vr: str | None, length: int) -> bool:
+    return tag >> 16 != 2
+
+
+def read_fast(path: str) -> FileResult | None:
+    """`read_file` for the common file, or None when the file needs the reference path."""
+    most = min(_MAX_READ, _limits["max_header_bytes"])
+    with _open(path) as fh:
+        data = fh.read(min(_FIRST_READ, most))
+        elements = _header_elements(data, complete=len(data) < min(_FIRST_READ, most))
+        if elements is _GOES_ON and len(data) < most:
+            data += fh.read(most - len(data))
+            elements = _header_elements(data, complete=len(data) < most)
+    if not isinstance(elements, dict) or TAG_OF["DirectoryRecordSequence"] in elements:
+        return None
+    try:
+        encodings = _encodings(elements.get(_CHARSET))
+        values = {kw: _decode(elements.get(tag), _VR_OF[tag], encodings) for kw, tag in _VALUE_TAGS}
+    except (_Unusual, UnicodeError, LookupError):
+        return None
+    if values["SOPClassUID"] == MEDIA_STORAGE_DIRECTORY:
+        return None
+    result = _rows(path, values)
+    return result if result.status == "dicom" else None
+
+
+_GOES_ON = object()  # the bytes read end before the last needed tag, and the file goes on
+
+
+def _header_elements(data: bytes, complete: bool) -> dict[int, RawDataElement] | object | None:
+    """The needed elements of the header in `data` (`complete`: the whole file), _GOES_ON, or None when the
+    file is not one for the fast path."""
+    if data[128:132] != b"DICM" or data[132:140] != _GROUP_LENGTH:
+        return None
+    meta_end = 144 + int.from_bytes(data[140:144], "little")
+    fp = BytesIO(data)
+    fp.seek(144)
+    meta = {int(e.tag): e for e in data_element_generator(fp, False, True, stop_when=_not_group_2)}
+    if fp.tell() != meta_end or _TRANSFER_SYNTAX not in meta:
+        return None if complete or meta_end < len(data) else _GOES_ON
+    syntax = (meta[_TRANSFER_SYNTAX].value or b"").decode("latin-1").rstrip("\x00 ")
+    if syntax in _NOT_FAST:
+        return None
+    implicit = syntax == _IMPLICIT_LE
+    first = data[meta_end : meta_end + 6]
+    if len(first) < 6:
+        return None if complete else _GOES_ON
+    # A command set (group 0000) or a dataset whose first element contradicts the transfer syntax: pydicom
+    # has its own rules for both.
+    if first[:2] == b"\x00\x00" or implicit == (0x40 < first[4] < 0x5B and 0x40 < first[5] < 0x5B):
+        return None
+    try:
+        elements = {
+            int(e.tag): e for e in data_element_generator(fp, implicit, True, _past_last_tag, None, "iso8859", _TAGS)
+        }
+    except Exception:
+        if complete:
+            raise  # read_file goes the reference way, which says what is wrong
+        return _GOES_ON  # a sequence running past the bytes read raises where a plain element would not
+    if fp.tell() >= len(data):
+        # The bytes read ended before the last needed tag: read on, or, at the end of the file, let the
+        # reference path tell a header that simply ends there from a truncated one.
+        return None if complete else _GOES_ON
+    return elements
+
+
+def _encodings(elem: RawDataElement | None) -> list[str]:
+    """The Python codec for (0008,0005), as pydicom's Dataset._character_set gives it, or _Unusual for what the
+    fast path leaves to pydicom: several character sets (code extensions), the ISO 2022 sets pydicom encodes
+    with its own encoders (it re-encodes names with them, and may fail), a VR other than CS."""
+    if elem is None:
+        return ["iso8859"]
+    if elem.VR not in (None, "CS"):
+        raise _Unusual
+    value = convert_string(elem.value, True) if elem.value else ""
+    encodings = convert_encodings(value) if value else ["iso8859"]
+    if len(encodings) != 1 or encodings[0] in custom_encoders:
+        raise _Unusual
+    return encodings
+
+
+def _decode(elem: RawDataElement | None, vr: str, encodings: list[str]) -> str | None:
+    """The raw value as the text `_value` makes of pydicom's converted value, or _Unusual."""
+    if elem is None:
+        return None
+    found = elem.VR  # None when the file is implicit VR
+    if found is not None and found != vr and not (vr == "US or SS" and found in ("US", "SS")):
+        raise _Unusual  # a VR other than the dictionary's (UN, say): pydicom converts those its own way
+    raw = elem.value
+    if not raw:
+        return None
+    vr = found or vr
+    if vr == "UI":
+        if not _UI.fullmatch(raw):
+            raise _Unusual
+        return raw.decode("latin-1").strip("\x00 ") or None
+    if vr in ("CS", "AS"):
+        return raw.decode("latin-1").strip("\x00 ") or None
+    if vr in ("DA", "TM"):
+        text = raw.decode("latin-1").rstrip(" \x00")
+        if "\\" in text:
+            raise _Unusual
+        if not text:
+            return None
+        return iso_date(text) if vr == "DA" else iso_time(text)
+    if vr == "DS":
+        items = raw.decode("latin-1").strip().rstrip(" \x00").split("\\")
+        if not all(_DS.fullmatch(item) for item in items):
+            raise _Unusual
+        return "\\".join(item.strip() for item in items).strip("\x00 ") or None
+    if vr == "IS":
+        items = raw.decode("latin-1").rstrip(" \x00").split("\\")
+        if not all(_IS.fullmatch(item) for item in items):
+            raise _Unusual
+        return "\\".join(item.strip() for item in items).strip("\x00 ") or None
+    if vr in ("US", "SS"):
+        if len(raw) != 2:
+            raise _Unusual
+        return str(int.from_bytes(raw, "little", signed=vr == "SS"))
+    if b"\x1b" in raw:
+        raise _Unusual  # ISO 2022 escape sequences: pydicom switches character sets within the value
+    if vr in ("SH", "LO", "UC"):  # pydicom strips each value's end (convert_text)
+        text = raw.decode(encodings[0])
+        return "\\".join(item.rstrip("\x00 ") for item in text.split("\\")).strip("\x00 ") or None
+    if vr == "PN":  # pydicom strips the end of the whole value only (convert_PN)
+        text = raw.rstrip(b"\x00 ").decode(encodings[0])
+        if "=" in text:
+            raise _Unusual  # component groups (ideographic, phonetic): PersonName's own rules
+        return text.strip("\x00 ") or None
+    raise _Unusual
