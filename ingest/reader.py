@@ -28,9 +28,30 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import data_element_generator, read_partial
+from pydicom.filereader import data_element_generator, read_partial, read_sequence_item
 from pydicom.multival import MultiValue
-from pydicom.uid import PrivateTransferSyntaxes
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    BreastTomosynthesisImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    EnhancedCTImageStorage,
+    EnhancedMRColorImageStorage,
+    EnhancedMRImageStorage,
+    EnhancedPETImageStorage,
+    EnhancedUSVolumeStorage,
+    EnhancedXAImageStorage,
+    EnhancedXRFImageStorage,
+    LegacyConvertedEnhancedCTImageStorage,
+    LegacyConvertedEnhancedMRImageStorage,
+    LegacyConvertedEnhancedPETImageStorage,
+    MRSpectroscopyStorage,
+    OphthalmicTomographyImageStorage,
+    ParametricMapStorage,
+    PrivateTransferSyntaxes,
+    SegmentationStorage,
+    XRay3DAngiographicImageStorage,
+    XRay3DCraniofacialImageStorage,
+)
 from pydicom.valuerep import PersonName
 from pydicom.values import convert_string
 
@@ -62,7 +83,8 @@ TIME_KEYWORDS = {kw for kw, vr in _VR.items() if vr == "TM"}
 # Read from the file meta information (group 0002), not from the dataset.
 META_KEYWORDS = {e.keyword for e in registry.ENTRIES if e.tag.startswith("(0002,")}
 
-EXTRA_KEYWORDS = ("SpecificCharacterSet", "PixelRepresentation", "DirectoryRecordSequence")
+# NumberOfFrames: whether to read the functional groups of an enhanced multi-frame image (end of this module).
+EXTRA_KEYWORDS = ("SpecificCharacterSet", "PixelRepresentation", "DirectoryRecordSequence", "NumberOfFrames")
 VALUE_KEYWORDS: list[str] = sorted(
     {*PATIENT_COLUMNS.values(), *STUDY_COLUMNS.values(), *SERIES_COLUMNS.values(), *SLICE_COLUMNS.values()}
 )
@@ -194,6 +216,10 @@ def read_reference(path: str) -> FileResult:
         return FileResult(path, "failed", f"cannot parse DICOM header: {type(exc).__name__}: {_one_line(exc)}")
     try:
         return _to_result(path, ds)
+    except _Failed as exc:
+        return FileResult(path, "failed", str(exc))
+    except OSError as exc:
+        return FileResult(path, "failed", f"cannot read file: {exc.strerror or _one_line(exc)}", io_error=True)
     except RecursionError:
         return FileResult(path, "failed", "sequences nested too deeply to parse")
     except Exception as exc:
@@ -265,6 +291,7 @@ def _to_result(path: str, ds: Dataset) -> FileResult:
         values[kw] = _value(meta, kw, charset) if meta is not None else None
     if values["SOPClassUID"] == MEDIA_STORAGE_DIRECTORY or TAG_OF["DirectoryRecordSequence"] in ds._dict:
         return FileResult(path, "not_dicom", "DICOMDIR (a media directory, not an image)")
+    values = with_functional_groups(path, values, _value(ds, "NumberOfFrames", charset), deflated=_is_deflated(ds))
     return _rows(path, values)
 
 
@@ -446,10 +473,12 @@ def read_fast(path: str) -> FileResult | None:
     try:
         encodings = _encodings(elements.get(_CHARSET))
         values = {kw: _decode(elements.get(tag), _VR_OF[tag], encodings) for kw, tag in _VALUE_TAGS}
+        frames = _decode(elements.get(TAG_OF["NumberOfFrames"]), "IS", encodings)
     except (_Unusual, UnicodeError, LookupError):
         return None
     if values["SOPClassUID"] == MEDIA_STORAGE_DIRECTORY:
         return None
+    values = with_functional_groups(path, values, frames, deflated=False)
     result = _rows(path, values)
     return result if result.status == "dicom" else None
 
@@ -559,3 +588,238 @@ def _decode(elem: RawDataElement | None, vr: str, encodings: list[str]) -> str |
             raise _Unusual  # component groups (ideographic, phonetic): PersonName's own rules
         return text.strip("\x00 ") or None
     raise _Unusual
+
+
+# ------------------------------------------------------------------------------------ enhanced multi-frame
+#
+# An enhanced multi-frame image (Enhanced CT, MR and PET, their Legacy Converted forms, segmentations, ...) is
+# one instance holding many frames. What a classic image holds at the top level (pixel spacing, orientation,
+# position, rescale, timing, exposure) it keeps in functional groups, after the last attribute read above: the
+# Shared Functional Groups Sequence (5200,9229), one item for what all frames share, and the Per-frame
+# Functional Groups Sequence (5200,9230), one item per frame. Each functional group is a macro: a sequence of
+# one item that holds the attributes. Such a file stays one row, its instance's, with its first frame's values
+# and its frame count in NumberOfFrames (docs/ingest.md, "Enhanced multi-frame images").
+
+# Column keyword -> where a functional group holds its value: (macro sequence, attribute in the macro's item).
+# A column empty at the top level takes the Shared item's value, else the first Per-frame item's. An attribute
+# of another name holds the same quantity in the same unit (EffectiveEchoTime, ExposureTimeInms in ms,
+# XRayTubeCurrentInmA, ExposureInmAs): only its VR differs, FD, written as the column's DS or IS would be.
+# FrameAcquisitionDateTime (DT) gives both AcquisitionDate and AcquisitionTime (without its UTC offset, as TM).
+FUNCTIONAL_GROUP_SOURCES: dict[str, tuple[tuple[str, str], ...]] = {
+    "PixelSpacing": (("PixelMeasuresSequence", "PixelSpacing"),),
+    "SliceThickness": (("PixelMeasuresSequence", "SliceThickness"),),
+    "SpacingBetweenSlices": (("PixelMeasuresSequence", "SpacingBetweenSlices"),),
+    "ImageOrientationPatient": (("PlaneOrientationSequence", "ImageOrientationPatient"),),
+    "ImagePositionPatient": (("PlanePositionSequence", "ImagePositionPatient"),),
+    "RescaleIntercept": (("PixelValueTransformationSequence", "RescaleIntercept"),),
+    "RescaleSlope": (("PixelValueTransformationSequence", "RescaleSlope"),),
+    "AcquisitionDate": (("FrameContentSequence", "FrameAcquisitionDateTime"),),
+    "AcquisitionTime": (("FrameContentSequence", "FrameAcquisitionDateTime"),),
+    "RepetitionTime": (("MRTimingAndRelatedParametersSequence", "RepetitionTime"),),
+    "FlipAngle": (("MRTimingAndRelatedParametersSequence", "FlipAngle"),),
+    "EchoTime": (("MREchoSequence", "EffectiveEchoTime"),),
+    "KVP": (("CTXRayDetailsSequence", "KVP"),),
+    "ExposureTime": (("CTExposureSequence", "ExposureTimeInms"),),
+    "XRayTubeCurrent": (("CTExposureSequence", "XRayTubeCurrentInmA"),),
+    "Exposure": (("CTExposureSequence", "ExposureInmAs"),),
+    "ConvolutionKernel": (("CTReconstructionSequence", "ConvolutionKernel"),),
+    "ReconstructionDiameter": (("CTReconstructionSequence", "ReconstructionDiameter"),),
+    "TableHeight": (("CTAcquisitionDetailsSequence", "TableHeight"),),
+    "GantryDetectorTilt": (("CTAcquisitionDetailsSequence", "GantryDetectorTilt"),),
+    "RotationDirection": (("CTAcquisitionDetailsSequence", "RotationDirection"),),
+}
+
+# The SOP classes built on functional groups, read even with a single frame. Any other image is read for its
+# functional groups only when NumberOfFrames says more than one frame.
+FUNCTIONAL_GROUP_SOP_CLASSES = frozenset(
+    {
+        EnhancedCTImageStorage,
+        EnhancedMRImageStorage,
+        EnhancedMRColorImageStorage,
+        EnhancedPETImageStorage,
+        LegacyConvertedEnhancedCTImageStorage,
+        LegacyConvertedEnhancedMRImageStorage,
+        LegacyConvertedEnhancedPETImageStorage,
+        EnhancedXAImageStorage,
+        EnhancedXRFImageStorage,
+        EnhancedUSVolumeStorage,
+        BreastTomosynthesisImageStorage,
+        XRay3DAngiographicImageStorage,
+        XRay3DCraniofacialImageStorage,
+        OphthalmicTomographyImageStorage,
+        ParametricMapStorage,
+        SegmentationStorage,
+        MRSpectroscopyStorage,
+    }
+)
+
+_SHARED_GROUPS = 0x52009229
+_PER_FRAME_GROUPS = 0x52009230
+_GROUP_TAGS: dict[str, int] = {
+    keyword: int(tag_for_keyword(keyword))  # type: ignore[arg-type]
+    for sources in FUNCTIONAL_GROUP_SOURCES.values()
+    for pair in sources
+    for keyword in pair
+}
+_COLUMN_VR: dict[str, str] = {kw: dictionary_VR(tag_for_keyword(kw)) for kw in FUNCTIONAL_GROUP_SOURCES}
+_DT = re.compile(r"(\d{8})(\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?(?:[+-]\d{4})?")
+
+
+def with_functional_groups(
+    path: str, values: dict[str, str | None], frames: str | None, *, deflated: bool
+) -> dict[str, str | None]:
+    """`values` (as DICOM text) with the columns the top level leaves empty filled from the functional groups,
+    for an image of more than one frame (`frames`, NumberOfFrames) or of a SOP class built on functional
+    groups. Any other file is returned as it is, without reading further: a classic image is read once."""
+    if not ((_as_int(frames) or 0) > 1 or values.get("SOPClassUID") in FUNCTIONAL_GROUP_SOP_CLASSES):
+        return values
+    missing = [keyword for keyword in FUNCTIONAL_GROUP_SOURCES if values.get(keyword) is None]
+    if not missing:
+        return values
+    shared, first, charset = _functional_groups(path, deflated)
+    filled = dict(values)
+    for keyword in missing:
+        text = _group_value(keyword, shared, first, charset)
+        if text is not None:
+            filled[keyword] = text
+    return filled
+
+
+def _is_deflated(ds: Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    return meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+
+
+def _group_value(keyword: str, shared: Dataset | None, first: Dataset | None, charset: Any) -> str | None:
+    for sequence, attribute in FUNCTIONAL_GROUP_SOURCES[keyword]:
+        for group in (shared, first):
+            macro = _item(group, sequence, charset)
+            if macro is None:
+                continue
+            value, vr = _group_element(macro, attribute, charset)
+            text = _group_text(keyword, value, vr)
+            if text is not None:
+                return text
+    return None
+
+
+def _item(ds: Dataset | None, keyword_or_tag: str | int, charset: Any) -> Dataset | None:
+    """The first item of a sequence element of `ds`, or None."""
+    if ds is None:
+        return None
+    value, _ = _group_element(ds, keyword_or_tag, charset)
+    if isinstance(value, Sequence) and len(value) and isinstance(value[0], Dataset):
+        return value[0]
+    return None
+
+
+def _group_element(ds: Dataset, keyword_or_tag: str | int, charset: Any) -> tuple[Any, str | None]:
+    """The element's value and VR, as `_get` converts them; (None, None) when absent."""
+    tag = keyword_or_tag if isinstance(keyword_or_tag, int) else _GROUP_TAGS[keyword_or_tag]
+    elem = ds._dict.get(tag)
+    if elem is None:
+        return None, None
+    if isinstance(elem, RawDataElement):
+        try:
+            elem = convert_raw_data_element(elem, encoding=charset, ds=ds)
+        except (ValueError, OverflowError):
+            if elem.VR not in ("IS", "DS", None) or not isinstance(elem.value, bytes):
+                raise
+            return elem.value, elem.VR  # a number pydicom cannot hold: kept as text, stored as NULL
+    return elem.value, elem.VR
+
+
+def _group_text(keyword: str, value: Any, vr: str | None) -> str | None:
+    """A functional group's value as the DICOM text the column's own attribute would give (`_value`)."""
+    if value is None or value == "" or value == b"":
+        return None
+    if isinstance(value, bytes):
+        return value.decode("latin-1").strip("\x00 ") or None
+    if keyword in ("AcquisitionDate", "AcquisitionTime"):
+        match = _DT.fullmatch(str(value).strip("\x00 "))
+        if match is None:
+            return None  # not a date and time: no date or time rather than a guess
+        date, time = match.groups()
+        return iso_date(date) if keyword == "AcquisitionDate" else iso_time(time) if time else None
+    items = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+    if vr in ("FD", "FL"):
+        try:
+            texts = [_float_text(float(v), _COLUMN_VR[keyword]) for v in items]
+        except (ValueError, OverflowError):
+            return None  # NaN or infinity
+        return "\\".join(texts) or None
+    return "\\".join(_scalar(v) for v in items).strip("\x00 ") or None
+
+
+def _float_text(number: float, column_vr: str) -> str:
+    """An FD as the column's attribute writes it: an IS rounded to an integer, a DS in its shortest form."""
+    if column_vr == "IS":
+        return str(round(number))
+    text = repr(number)
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _functional_groups(path: str, deflated: bool) -> tuple[Dataset | None, Dataset | None, Any]:
+    """The Shared item, the first Per-frame item and the character set, from a second, bounded reading of the
+    file with pydicom: up to the Per-frame sequence, then its first item only, so that a sequence of thousands
+    of frames costs one (a deflated file, which pydicom inflates into a stream of its own, is read to the end
+    of the sequence). A file whose groups cannot be read whole fails, as one truncated before (0028,1053)."""
+    with _open(path) as raw:
+        fh = _Bounded(raw, _limits["max_header_bytes"])
+        try:
+            return _read_functional_groups(fh, deflated)
+        except (_Failed, RecursionError):
+            raise
+        except _TooLong:
+            raise _Failed(f"header longer than {fh.limit} bytes (--max-header-bytes)") from None
+        except OSError as exc:
+            if exc.errno is not None:
+                raise  # the file could not be read: what it holds is unknown
+            reason = _one_line(exc)
+        except Exception as exc:  # pydicom raises many kinds on corrupt input
+            reason = f"{type(exc).__name__}: {_one_line(exc)}"
+        if fh.truncated or fh.tell() >= fh.size:
+            raise _Failed("truncated: an element runs past the end of the file, in the functional groups")
+        raise _Failed(f"cannot parse the functional groups: {reason}")
+
+
+def _read_functional_groups(fh: _Bounded, deflated: bool) -> tuple[Dataset | None, Dataset | None, Any]:
+    last = _PER_FRAME_GROUPS if deflated else _PER_FRAME_GROUPS - 1
+    stopped_at: list[tuple[int, str | None, int]] = []
+
+    def stop(tag: int, vr: str | None, length: int) -> bool:
+        if int.__gt__(tag, last):
+            stopped_at.append((int(tag), vr, length))
+            return True
+        return False
+
+    # force: the first reading has already found this file to be DICOM, with or without a preamble.
+    tags: list[int] = [_SHARED_GROUPS, _PER_FRAME_GROUPS]
+    ds = read_partial(fh, stop_when=stop, specific_tags=tags, force=True)  # type: ignore[arg-type]
+    if (fh.truncated or fh.inflated_cut) and not stopped_at:
+        raise _Failed("truncated: an element runs past the end of the file, in the functional groups")
+    charset = ds._character_set
+    shared = _item(ds, _SHARED_GROUPS, charset)
+    if deflated:
+        return shared, _item(ds, _PER_FRAME_GROUPS, charset), charset
+    if not stopped_at or stopped_at[0][0] != _PER_FRAME_GROUPS:
+        return shared, None, charset
+    return shared, _first_frame(fh, ds, stopped_at[0][1], stopped_at[0][2], charset), charset
+
+
+def _first_frame(fh: _Bounded, ds: Dataset, vr: str | None, length: int, charset: Any) -> Dataset | None:
+    """The first item of the Per-frame sequence, whose element starts at `fh`'s position (pydicom rewinds to
+    the element its stop_when stopped at)."""
+    if length == 0 or vr not in (None, "SQ", "UN"):
+        return None
+    implicit, little = ds.original_encoding
+    order = "little" if little else "big"
+    header = fh.read(8 if vr is None else 12)
+    tag = int.from_bytes(header[0:2], order) << 16 | int.from_bytes(header[2:4], order)
+    if tag != _PER_FRAME_GROUPS:
+        raise _Failed("cannot parse the functional groups: the Per-frame sequence is not where pydicom stopped")
+    # An undefined-length UN holds its items in implicit VR little endian (PS3.5 6.2.2).
+    item = read_sequence_item(fh, implicit or vr == "UN", little, charset)  # type: ignore[arg-type]
+    if fh.truncated:
+        raise _Failed("truncated: an element runs past the end of the file, in the functional groups")
+    return item
