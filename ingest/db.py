@@ -369,24 +369,18 @@ class Store:
         self._db: _SQLite | _PostgreSQL | None = None
 
     def open(self) -> None:
+        from dicom_db.ingest import migrate  # it builds on this module
+
         try:
             self._db = _SQLite(self._address) if self.dialect == "sqlite" else _PostgreSQL(self._address)
             locked = self.dialect == "postgresql"
-            if locked:  # concurrent first runs would race to create the same tables
+            if locked:  # concurrent first runs (and upgrades) would race to create the same tables and columns
                 self._db.execute(f"SELECT pg_advisory_lock({PG_LOCK_KEY})")
             try:
-                self._check_ours(self._db.tables())
+                catalog = migrate.read_catalog(self._db, self.dialect)
+                migrate.check_ours(self.url, catalog.tables)
                 self._db.prepare()
-                statements = schema_statements(self.dialect)
-                for statement in statements:
-                    if not statement.upper().startswith("CREATE INDEX"):
-                        self._db.execute(statement)
-                tables = self._db.tables()
-                self._upgrade(tables.get("SourceFile", set()))
-                self._add_uid_hashes(tables)  # before the indexes: some index the columns it may add
-                for statement in statements:
-                    if statement.upper().startswith("CREATE INDEX"):
-                        self._db.execute(statement)
+                done = migrate.upgrade(self._db, self.dialect, self.url, catalog)
             finally:
                 if locked:
                     self._db.execute(f"SELECT pg_advisory_unlock({PG_LOCK_KEY})")
@@ -396,55 +390,8 @@ class Store:
         except Exception as exc:
             self.close()
             raise DatabaseError(f"cannot open database {self.url}: {_describe(exc)}") from exc
-
-    def _check_ours(self, tables: dict[str, set[str]]) -> None:
-        """Refuse, before changing anything, a database that belongs to another application."""
-        names = {t for t in tables if not t.startswith("sqlite_")}
-        if names and not names & OWN_TABLES:
-            listed = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
-            raise DatabaseError(
-                f"{self.url} holds another application's tables ({listed}) and none of dicom-db's: "
-                "refusing to add tables to it; give a new database"
-            )
-        for table, fields in (
-            ("Patient", PATIENT_FIELDS),
-            ("Study", STUDY_FIELDS),
-            ("Series", SERIES_FIELDS),
-            ("SliceMetadata", SLICE_FIELDS),
-        ):
-            missing = [f for f in fields if table in tables and f not in tables[table]]
-            if missing:
-                raise DatabaseError(
-                    f"{self.url} has a table {table} without the columns {', '.join(missing)}: "
-                    "not a dicom-db database (or one this version cannot upgrade)"
-                )
-
-    def _upgrade(self, columns: set[str]) -> None:
-        for column, kind in SOURCE_ADDED.items():
-            if column not in columns:
-                self._db.execute(f'ALTER TABLE "SourceFile" ADD COLUMN "{column}" {kind}')  # type: ignore[union-attr]
-
-    def _add_uid_hashes(self, tables: dict[str, set[str]]) -> None:
-        """A database made before the UID digest columns existed gets them, filled, in one transaction."""
-        db = self.db
-        missing = []
-        for table, (uid, digest) in UID_HASHES.items():
-            # From the catalog, not `SELECT "column"`: SQLite reads an unknown double-quoted name as a string.
-            if digest not in tables.get(table, set()):
-                missing.append((table, uid, digest))
-        if not missing:
-            return
-        db.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
-        try:
-            for table, uid, digest in missing:
-                db.execute(f'ALTER TABLE "{table}" ADD COLUMN "{digest}" TEXT')
-                column = f'"{uid}"'
-                db.execute(f'UPDATE "{table}" SET "{digest}" = {db.uid_hash_sql(column)}')
-            db.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
-        _log().info("added the UID digest columns to %s", ", ".join(t for t, _, _ in missing))
+        if done:
+            _log().info("upgraded %s: %s", self.url, "; ".join(done))
 
     def close(self) -> None:
         db, self._db = self._db, None
@@ -558,9 +505,9 @@ def with_hash(rows: Iterable[dict[str, Any]], table: str) -> Iterator[dict[str, 
         yield {**row, digest: uid_hash(row[uid])}
 
 
-def schema_statements(dialect: str) -> list[str]:
-    """schema.sql split into statements, adapted to the dialect."""
-    text = SCHEMA_PATH.read_text()
+def schema_statements(dialect: str, path: Path = SCHEMA_PATH) -> list[str]:
+    """schema.sql (or another version of it) split into statements, adapted to the dialect."""
+    text = path.read_text()
     text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
     if dialect == "postgresql":
         text = text.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")
