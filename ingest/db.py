@@ -45,6 +45,7 @@ class IndexedFile(NamedTuple):  # a tuple: the index of a large tree is read who
     inode: int | None
     ctime_ns: int | None
     status: str
+    mapping: int  # the mapping version it was read under (ingest/migrate.py)
 
 
 PATIENT_FIELDS = (
@@ -125,12 +126,9 @@ SOURCE_FIELDS = (
     "Reason",
     "Header",
     "ContentHash",
+    "MappingVersion",
 )
 HEADER_FIELDS = ("Hash", "PatientID", "StudyInstanceUID", "Patient", "Study")
-# Columns added to SourceFile after its first release: an older database gets them (ALTER TABLE) and its files
-# are read again once, since their rows lack what the rules below derive Patient and Study rows from.
-SOURCE_ADDED = {"Inode": "BIGINT", "CtimeNs": "BIGINT", "Header": "TEXT", "ContentHash": "TEXT"}
-OWN_TABLES = {"Patient", "Study", "Series", "SliceMetadata", "SourceFile", "SourceHeader"}
 
 # Per table: the UID column and the column holding its digest (`uid_hash`), indexed, so that the API can find a
 # row by the pseudonym a de-identified client sees (api/masking.py turns a pseudonym back into this digest).
@@ -183,10 +181,15 @@ DELETE_UNUSED_HEADERS = (
     '(SELECT 1 FROM "SourceFile" f WHERE f."Header" = "SourceHeader"."Hash")'
 )
 
-SELECT_FILE_INDEX = 'SELECT "Path", "Size", "MtimeNs", "Inode", "CtimeNs", "Status" FROM "SourceFile"'
+SELECT_FILE_INDEX = 'SELECT "Path", "Size", "MtimeNs", "Inode", "CtimeNs", "Status", "MappingVersion" FROM "SourceFile"'
+# Files holding an instance that were read under an older mapping than the current one (`dicom-ingest --upgrade`)
+SELECT_STALE = (
+    'SELECT "Path" FROM "SourceFile" WHERE "Status" IN (\'ingested\', \'duplicate\') AND "MappingVersion" < {mapping} '
+    'ORDER BY "Path"'
+)
 SELECT_SOURCES = 'SELECT "Path", "Status", "SOPInstanceUID", "Header" FROM "SourceFile" WHERE "Path" IN ({keys})'
 SELECT_HOLDERS = (
-    'SELECT "SOPInstanceUID", "Path", "Status", "Reason", "Header", "ContentHash", '
+    'SELECT "SOPInstanceUID", "Path", "Status", "Reason", "Header", "ContentHash", "MappingVersion", '
     '"Size", "MtimeNs", "Inode", "CtimeNs" '
     'FROM "SourceFile" WHERE "Status" IN (\'ingested\', \'duplicate\') AND "SOPInstanceUID" IN ({keys})'
 )
@@ -204,15 +207,16 @@ SELECT_SERIES_ROWS = (
 SELECT_STUDY_PATIENTS = 'SELECT "StudyInstanceUID", "PatientID" FROM "Study" WHERE "StudyInstanceUID" IN ({keys})'
 SELECT_HEADERS = 'SELECT "Hash", "PatientID", "StudyInstanceUID" FROM "SourceHeader" WHERE "Hash" IN ({keys})'
 # The distinct sets of values the files of a study (patient) carry, each with the last path in byte order
-# holding it: enough to merge them as a walk in path order would, without reading every file's row.
+# holding it: enough to merge them as a walk in path order would, without reading every file's row. Only files
+# read under the current mapping count: an older one's values may be in another order, or fewer.
 SELECT_STUDY_VARIANTS = (
     'SELECT h."StudyInstanceUID", h."Patient", h."Study", MAX(f."Path"{collate}) FROM "SourceHeader" h '
-    'JOIN "SourceFile" f ON f."Header" = h."Hash" AND f."Status" = \'ingested\' '
+    'JOIN "SourceFile" f ON f."Header" = h."Hash" AND f."Status" = \'ingested\' AND f."MappingVersion" >= {mapping} '
     'WHERE h."StudyInstanceUID" IN ({keys}) GROUP BY h."Hash", h."StudyInstanceUID", h."Patient", h."Study"'
 )
 SELECT_PATIENT_VARIANTS = (
     'SELECT h."PatientID", h."Patient", h."Study", MAX(f."Path"{collate}) FROM "SourceHeader" h '
-    'JOIN "SourceFile" f ON f."Header" = h."Hash" AND f."Status" = \'ingested\' '
+    'JOIN "SourceFile" f ON f."Header" = h."Hash" AND f."Status" = \'ingested\' AND f."MappingVersion" >= {mapping} '
     'WHERE h."PatientID" IN ({keys}) GROUP BY h."Hash", h."PatientID", h."Patient", h."Study"'
 )
 # Sort orders must be byte orders on both databases: PostgreSQL's default collation follows the locale.
@@ -438,12 +442,20 @@ class Store:
         """Header hash -> (PatientID, StudyInstanceUID)."""
         return {r[0]: (r[1], r[2]) for r in self._fetch_in(SELECT_HEADERS, hashes)}
 
-    def study_variants(self, studies: Sequence[str]) -> list[tuple[str, str, str, str]]:
-        """(StudyInstanceUID, patient JSON, study JSON, last path) per distinct header of the studies' owner files."""
-        return self._fetch_in(SELECT_STUDY_VARIANTS.replace("{collate}", self.collate), studies)  # type: ignore[return-value]
+    def study_variants(self, studies: Sequence[str], mapping: int) -> list[tuple[str, str, str, str]]:
+        """(StudyInstanceUID, patient JSON, study JSON, last path) per distinct header of the studies' owner files
+        read under `mapping` or a later one."""
+        return self._fetch_in(self._variants(SELECT_STUDY_VARIANTS, mapping), studies)  # type: ignore[return-value]
 
-    def patient_variants(self, patients: Sequence[str]) -> list[tuple[str, str, str, str]]:
-        return self._fetch_in(SELECT_PATIENT_VARIANTS.replace("{collate}", self.collate), patients)  # type: ignore[return-value]
+    def patient_variants(self, patients: Sequence[str], mapping: int) -> list[tuple[str, str, str, str]]:
+        return self._fetch_in(self._variants(SELECT_PATIENT_VARIANTS, mapping), patients)  # type: ignore[return-value]
+
+    def _variants(self, template: str, mapping: int) -> str:
+        return template.replace("{collate}", self.collate).replace("{mapping}", str(int(mapping)))
+
+    def stale_paths(self, mapping: int) -> list[str]:
+        """Stored paths of the files holding an instance that were read under an older mapping, in path order."""
+        return [r[0] for r in self._fetch(SELECT_STALE.replace("{mapping}", str(int(mapping))))]
 
     def _fetch_in(self, template: str, keys: Sequence[str]) -> list[tuple[Any, ...]]:
         """Run a `... IN ({keys})` query over `keys`, 500 bound parameters at a time."""
