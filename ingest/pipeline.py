@@ -131,6 +131,25 @@ def walk(paths: Iterable[str]) -> Walk:
     return Walk(found, bad, roots, kept, unlisted, started_ns)
 
 
+def stale(store: Store) -> Walk:
+    """The files recorded as holding an instance that were read under an older mapping, wherever they are, as a
+    walk under no folder, so that nothing is taken as gone (`dicom-ingest --upgrade`)."""
+    started_ns = time.time_ns()
+    found: list[FoundFile] = []
+    bad: list[Outcome] = []
+    kept: set[str] = set()
+    for text in store.stale_paths(MAPPING_VERSION):
+        path = from_text(text)
+        try:
+            st = os.stat(path)
+        except OSError as exc:  # its rows stay as they are: an ingest over its folder releases them if it is gone
+            bad.append(Outcome(text, FAILED, f"cannot be read again: {exc.strerror}"))
+            kept.add(text)
+            continue
+        found.append(FoundFile(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+    return Walk(found, bad, [], kept, [], started_ns)
+
+
 def _under(path: str, folders: list[str]) -> bool:
     return any(path == f or path.startswith(f.rstrip(os.sep) + os.sep) for f in folders)
 
