@@ -38,7 +38,7 @@ LEGACY_SCHEMA = 1  # a dicom-db database without SchemaInfo
 
 READ_INFO = 'SELECT "Key", "Value" FROM "SchemaInfo"'
 WRITE_INFO = (
-    'INSERT INTO "SchemaInfo" ("Key", "Value") VALUES ({key}, {value}) '
+    'INSERT INTO "SchemaInfo" ("Key", "Value") VALUES ({values}) '
     'ON CONFLICT ("Key") DO UPDATE SET "Value" = excluded."Value"'
 )
 INDEX_NAMES = {
@@ -212,7 +212,7 @@ def _apply(db: Driver, dialect: str, catalog: Catalog, versions: dict[str, int])
     stored = {key: int(value) for key, value in db.fetch(READ_INFO)}
     for key, value in wanted.items():
         if stored.get(key) != value:
-            db.execute(WRITE_INFO.format(key=f"'{key}'", value=f"'{value}'"))
+            db.fetch(WRITE_INFO.replace("{values}", db.placeholders(2)), (key, str(value)))
     if versions and versions.get("schema") != SCHEMA_VERSION:
         done.append(f"schema version {versions['schema']} -> {SCHEMA_VERSION}")
     return done
