@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
+import os
 import shutil
 import sqlite3
 import subprocess
+import sys
+import tarfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +33,7 @@ from dicom_db.ingest.db import Store, schema_statements
 from dicom_db.ingest.migrate import MAPPING_VERSION, SCHEMA_VERSION, declared
 
 V1_SCHEMA = Path(__file__).parent / "data" / "schema_v1.sql"
+PREVIOUS_RELEASE = "4129213"  # the last commit before versions were recorded; its schema.sql is V1_SCHEMA
 KEYS = {
     "Patient": "PatientID",
     "Study": "StudyInstanceUID",
@@ -119,6 +124,33 @@ def _previous_release_sqlite(fresh: Path, old: Path) -> None:
         conn.close()
 
 
+def _previous_release_ingest(tree: Path, url: str, tmp_path: Path) -> None:
+    """Ingest with the previous release's own code (from this checkout's history; skips without it)."""
+    root = Path(__file__).resolve().parents[1]
+    code = tmp_path / "previous-release"
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(root), "archive", PREVIOUS_RELEASE, "ingest", "schema.sql"],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"the previous release ({PREVIOUS_RELEASE}) is not in this checkout's history: {exc}")
+    code.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(code, filter="data")
+    proc = subprocess.run(
+        [sys.executable, "-c", "from ingest.cli import main; main()", str(tree), "--db", url, "--jobs", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=code,
+        env={**os.environ, "PYTHONPATH": str(code)},
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
 def _upgraded(url: str, caplog: pytest.LogCaptureFixture) -> str:
     """Open the database with the current code (what every dicom-ingest does first); what it logged."""
     caplog.clear()
@@ -186,6 +218,22 @@ def _age(db: Path, paths: list[str]) -> None:
                 conn.execute('UPDATE "Series" SET "Modality" = NULL WHERE "SeriesInstanceUID" = ?', (uid,))
             if uid in touched:
                 conn.execute('UPDATE "Study" SET "StudyDescription" = NULL WHERE "StudyInstanceUID" = ?', (study,))
+
+
+def test_a_database_the_previous_release_wrote_itself_is_upgraded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    tree = _tree(tmp_path)
+    fresh, old = tmp_path / "fresh.db", tmp_path / "old.db"
+    _previous_release_ingest(tree, f"sqlite:///{old}", tmp_path)
+    assert rows(old, "SELECT name FROM sqlite_master WHERE name = 'SchemaInfo'") == []
+    before = _sqlite_dump(old, _columns(V1_SCHEMA))
+    assert f"schema version 1 -> {SCHEMA_VERSION}" in _upgraded(f"sqlite:///{old}", caplog)
+    assert _sqlite_dump(old, _columns(V1_SCHEMA)) == before
+    run_ingest(tree, "--db", f"sqlite:///{fresh}", "--jobs", "2", check=0)
+    proc = run_ingest(tree, "--db", f"sqlite:///{old}", "--jobs", "2", check=0)
+    assert _reread(proc.stdout) == (_holding(fresh) if MAPPING_VERSION > 1 else 0)
+    assert _sqlite_dump(old, _columns()) == _sqlite_dump(fresh, _columns()) and _all_current(old)
 
 
 @pytest.mark.parametrize("how", ["folder", "upgrade"])
@@ -366,6 +414,21 @@ def test_postgres_previous_release_database_is_upgraded_in_place(
     ]
     assert _upgraded(old, caplog) == ""
 
+    proc = run_ingest(tree, "--db", old, "--jobs", "2", check=0)
+    assert _reread(proc.stdout) == (_reread(first.stdout) if MAPPING_VERSION > 1 else 0)
+    assert asyncio.run(_pg_dump(old, _columns())) == asyncio.run(_pg_dump(fresh, _columns()))
+
+
+def test_postgres_database_the_previous_release_wrote_itself_is_upgraded(
+    pg_urls: tuple[str, str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fresh, old = pg_urls
+    tree = _tree(tmp_path)
+    _previous_release_ingest(tree, old, tmp_path)
+    before = asyncio.run(_pg_dump(old, _columns(V1_SCHEMA)))
+    assert f"schema version 1 -> {SCHEMA_VERSION}" in _upgraded(old, caplog)
+    assert asyncio.run(_pg_dump(old, _columns(V1_SCHEMA))) == before
+    first = run_ingest(tree, "--db", fresh, "--jobs", "2", check=0)
     proc = run_ingest(tree, "--db", old, "--jobs", "2", check=0)
     assert _reread(proc.stdout) == (_reread(first.stdout) if MAPPING_VERSION > 1 else 0)
     assert asyncio.run(_pg_dump(old, _columns())) == asyncio.run(_pg_dump(fresh, _columns()))
