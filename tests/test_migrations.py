@@ -264,6 +264,21 @@ def test_only_files_read_under_an_older_mapping_are_read_again(tmp_path: Path, h
     assert _reread(run_ingest(*args, "--db", f"sqlite:///{db}", check=0).stdout) == 0
 
 
+def test_upgrade_keeps_the_rows_of_a_stale_file_that_is_gone(tmp_path: Path) -> None:
+    paths = write_series(tmp_path / "in", count=3)
+    time.sleep(0.2)
+    db = tmp_path / "dicom.db"
+    run_ingest(tmp_path / "in", "--db", f"sqlite:///{db}", check=0)
+    _age(db, [str(p) for p in paths[:2]])
+    paths[0].unlink()
+    proc = run_ingest("--upgrade", "--db", f"sqlite:///{db}", check=1)
+    assert f"failed: {paths[0]}: cannot be read again: No such file or directory" in proc.stderr
+    assert summary(proc.stdout)["ingested"] == 1 and summary(proc.stdout)["failed"] == 1
+    assert rows(db, 'SELECT COUNT(*) FROM "SliceMetadata"') == [(3,)]  # released only by an ingest over its folder
+    proc = run_ingest(tmp_path / "in", "--db", f"sqlite:///{db}", check=0)
+    assert rows(db, 'SELECT COUNT(*) FROM "SliceMetadata"') == [(2,)]
+
+
 def test_concurrent_upgrades_of_a_previous_release_database(tmp_path: Path) -> None:
     tree = _tree(tmp_path)
     fresh, old = tmp_path / "fresh.db", tmp_path / "old.db"
@@ -287,11 +302,6 @@ def _concurrently(tree: Path, url: str) -> None:
     for run in runs:
         out, err = run.communicate(timeout=300)
         assert run.returncode == 0, f"stdout: {out}\nstderr: {err}"
-
-
-def test_upgrade_usage(tmp_path: Path) -> None:
-    assert "give the files or folders" in run_ingest("--db", f"sqlite:///{tmp_path / 'a.db'}", check=2).stderr
-    assert "--upgrade takes no PATH" in run_ingest(tmp_path, "--upgrade", check=2).stderr
 
 
 # ------------------------------------------------------------------------------------------------ refusals
@@ -414,9 +424,11 @@ def test_postgres_previous_release_database_is_upgraded_in_place(
     ]
     assert _upgraded(old, caplog) == ""
 
-    proc = run_ingest(tree, "--db", old, "--jobs", "2", check=0)
+    # Here the stale files are read again by their stored paths, without the folder.
+    proc = run_ingest("--upgrade", "--db", old, "--jobs", "2", check=0)
     assert _reread(proc.stdout) == (_reread(first.stdout) if MAPPING_VERSION > 1 else 0)
     assert asyncio.run(_pg_dump(old, _columns())) == asyncio.run(_pg_dump(fresh, _columns()))
+    assert _reread(run_ingest(tree, "--db", old, check=0).stdout) == 0
 
 
 def test_postgres_database_the_previous_release_wrote_itself_is_upgraded(
