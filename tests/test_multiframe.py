@@ -372,9 +372,8 @@ def test_a_real_scanners_enhanced_file() -> None:
         pytest.skip(f"no enhanced multi-frame image among the scanner files in {SHARED_DATA} (all classic)")
     for path in files:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        measures = ds.SharedFunctionalGroupsSequence[0].get(
-            "PixelMeasuresSequence"
-        ) or ds.PerFrameFunctionalGroupsSequence[0].get("PixelMeasuresSequence")
+        groups = [*ds.SharedFunctionalGroupsSequence, ds.PerFrameFunctionalGroupsSequence[0]]
+        measures = next(group.PixelMeasuresSequence for group in groups if "PixelMeasuresSequence" in group)
         result = read_file(str(path))
         assert result == read_reference(str(path)), path
         assert result.series["PixelSpacing"] == "\\".join(map(str, measures[0].PixelSpacing)), path
