@@ -64,6 +64,13 @@ CREATE TABLE IF NOT EXISTS "Series" (
     "SliceThicknessValue" REAL,
     -- added: digest of the SeriesInstanceUID, as Study's
     "SeriesInstanceUIDHash" TEXT,
+    -- added (schema 2): what users select series by (idc-index's series table), from the representative
+    "SeriesNumber" INTEGER,
+    "SeriesDate" TEXT,
+    "SeriesTime" TEXT,
+    "ProtocolName" TEXT,
+    "Manufacturer" TEXT,
+    "ManufacturerModelName" TEXT,
     FOREIGN KEY ("StudyInstanceUID") REFERENCES "Study" ("StudyInstanceUID")
 );
 
@@ -87,6 +94,21 @@ CREATE TABLE IF NOT EXISTS "SliceMetadata" (
     "ImagePositionPatient" TEXT,
     -- added: digest of the SOPInstanceUID, as Study's
     "SOPInstanceUIDHash" TEXT,
+    -- added (schema 2): the file's transfer syntax, the frame count, the geometry and the MR/CT acquisition
+    -- parameters users select instances by (model/registry.py lists each attribute)
+    "TransferSyntaxUID" TEXT,
+    "NumberOfFrames" INTEGER,
+    "ImageOrientationPatient" TEXT,
+    "PixelSpacing" TEXT,
+    "SpacingBetweenSlices" REAL,
+    "EchoTime" REAL,
+    "RepetitionTime" REAL,
+    "InversionTime" REAL,
+    "FlipAngle" REAL,
+    "MagneticFieldStrength" REAL,
+    "EchoTrainLength" INTEGER,
+    "XRayTubeCurrent" INTEGER,
+    "Exposure" INTEGER,
     FOREIGN KEY ("SeriesInstanceUID") REFERENCES "Series" ("SeriesInstanceUID")
 );
 
@@ -139,3 +161,4 @@ CREATE INDEX IF NOT EXISTS "idx_sourcefile_sop" ON "SourceFile" ("SOPInstanceUID
 CREATE INDEX IF NOT EXISTS "idx_sourcefile_header" ON "SourceFile" ("Header");
 CREATE INDEX IF NOT EXISTS "idx_sourceheader_study" ON "SourceHeader" ("StudyInstanceUID");
 CREATE INDEX IF NOT EXISTS "idx_sourceheader_patient" ON "SourceHeader" ("PatientID");
+CREATE INDEX IF NOT EXISTS "idx_series_manufacturer" ON "Series" ("Manufacturer");

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from strawberry import UNSET
@@ -42,7 +43,7 @@ def compile_where(table: Table, where: Any, dialect: Dialect, alias: str = "t0",
     return Fragment(sql, tuple(params.values.items()))
 
 
-# Operator registry: (input attribute, SQL template). {e} is the column expression, {p} the bound value.
+# Comparison templates: {e} is the column expression, {p} the bound value.
 _COMPARE = {
     "eq": "{e} = {p}",
     "ne": "({e} <> {p} OR {e} IS NULL)",
@@ -51,23 +52,19 @@ _COMPARE = {
     "lt": "{e} < {p}",
     "lte": "{e} <= {p}",
 }
-_NUMBER_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "in_", "is_null")
-_STRING_OPS = ("eq", "ne", "in_", "not_in", "is_null", "contains", "starts_with", "match")
-_DATE_OPS = ("eq", "gt", "gte", "lt", "lte", "is_null")
-_BOOL_OPS = ("eq", "is_null")
 
-_OPS_BY_KIND: dict[Kind, tuple[str, ...]] = {
-    Kind.STRING: _STRING_OPS,
-    Kind.STRING_LIST: _STRING_OPS,  # lists filter on their stored DICOM text, e.g. "ORIGINAL\\PRIMARY\\AXIAL"
-    Kind.FLOAT_LIST: _STRING_OPS,
-    Kind.INT: _NUMBER_OPS,
-    Kind.INT_TEXT: _NUMBER_OPS,
-    Kind.FLOAT: _NUMBER_OPS,
-    Kind.DATE: _DATE_OPS,
-    Kind.BOOL: _BOOL_OPS,
+# The filter input of each kind of column (api/types.py makes the inputs from OPERATORS).
+STRING, INT, FLOAT, DATE, BOOLEAN = "StringFilter", "IntFilter", "FloatFilter", "DateFilter", "BooleanFilter"
+FILTER_OF_KIND: dict[Kind, str] = {
+    Kind.STRING: STRING,
+    Kind.STRING_LIST: STRING,  # lists filter on their stored DICOM text, e.g. "ORIGINAL\\PRIMARY\\AXIAL"
+    Kind.FLOAT_LIST: STRING,
+    Kind.INT: INT,
+    Kind.INT_TEXT: INT,
+    Kind.FLOAT: FLOAT,
+    Kind.DATE: DATE,
+    Kind.BOOL: BOOLEAN,
 }
-
-
 MAX_MATCH_LENGTH = 10_000
 _UID_COLUMNS = {holder: (uid, digest) for holder, uid, digest in UID_DIGEST_OF.values()}
 
@@ -155,16 +152,16 @@ class _Compiler:
     def column_filter(self, column: Column, filt: Any, alias: str, expr: str | None = None) -> str:
         expr = expr or value_expr(column, alias, self.dialect)
         parts = []
-        for op in _OPS_BY_KIND[column.kind]:
-            value = getattr(filt, op, None)
+        for op in _OPS_BY_INPUT[FILTER_OF_KIND[column.kind]]:
+            value = getattr(filt, op.attr, None)
             if given(value):
-                parts.append(_OPERATORS[op](self, column, expr, value))
+                parts.append(op.build(self, column, expr, value))
         return " AND ".join(f"({p})" for p in parts) if parts else TRUE
 
     def uid_filter(self, table: Table, column: Column, filt: Any, alias: str) -> str:
         """A UID column compared by pseudonym: rows whose UID's digest is that of the pseudonym. A pseudonym that
         is not one of ours matches nothing; substring operators would compare the real UIDs, so they are refused."""
-        used = {op for op in _STRING_OPS if given(getattr(filt, op, None))}
+        used = {op.attr for op in _OPS_BY_INPUT[STRING] if given(getattr(filt, op.attr, None))}
         if used - UID_OPERATORS:
             raise ForbiddenError(
                 f"de-identified access compares {table.type_name}.{column.field_name} (a pseudonymous UID) with "
@@ -207,7 +204,7 @@ class _Compiler:
             return f"{alias}.{q(digest)}"
         return self.dialect.uid_hash(f"{alias}.{q(uid)}")  # a database older than the digests: a scan
 
-    # Operators (dispatched through _OPERATORS): each returns a condition with its value bound.
+    # Operators (the builders of OPERATORS, below): each returns a condition with its value bound.
 
     def op_compare(self, op: str, column: Column, expr: str, value: Any) -> str:
         if column.kind is Kind.DATE:
@@ -242,22 +239,43 @@ def _iso(value: dt.date) -> str:
     return value.isoformat()
 
 
-def _bool_eq(c: _Compiler, column: Column, expr: str, value: bool) -> str:
+def _bool_eq(c: _Compiler, expr: str, value: bool) -> str:
     # PostgreSQL stores the flag as INTEGER: compare with a number on both databases.
     return f"{expr} = {c.params.add(1 if value else 0)}"
 
 
-_OPERATORS: dict[str, Callable[[_Compiler, Column, str, Any], str]] = {
-    "eq": lambda c, col, e, v: _bool_eq(c, col, e, v) if col.kind is Kind.BOOL else c.op_compare("eq", col, e, v),
-    "ne": lambda c, col, e, v: c.op_compare("ne", col, e, v),
-    "gt": lambda c, col, e, v: c.op_compare("gt", col, e, v),
-    "gte": lambda c, col, e, v: c.op_compare("gte", col, e, v),
-    "lt": lambda c, col, e, v: c.op_compare("lt", col, e, v),
-    "lte": lambda c, col, e, v: c.op_compare("lte", col, e, v),
-    "in_": lambda c, col, e, v: c.op_in(col, e, v, negate=False),
-    "not_in": lambda c, col, e, v: c.op_in(col, e, v, negate=True),
-    "is_null": lambda c, col, e, v: c.op_is_null(col, e, v),
-    "contains": lambda c, col, e, v: c.dialect.contains(e, c.params.add(v)),
-    "starts_with": lambda c, col, e, v: c.dialect.starts_with(e, c.params.add(v)),
-    "match": lambda c, col, e, v: c.op_match(col, e, v),
+@dataclass(frozen=True, slots=True)
+class Operator:
+    """One filter operator: the inputs that offer it, what it takes, and the SQL it builds (values bound)."""
+
+    attr: str  # the Python attribute on the input
+    name: str  # the GraphQL name
+    inputs: tuple[str, ...]  # the filter inputs that offer it (FILTER_OF_KIND's values)
+    operand: str  # "value" (of the input's type), "list" (of them) or "flag" (a Boolean)
+    build: Callable[[_Compiler, Column, str, Any], str]
+
+
+_ALL = (STRING, INT, FLOAT, DATE, BOOLEAN)
+_ORDERED = (INT, FLOAT, DATE)
+
+# The operator registry: one entry per operator, in the order the inputs list them. Adding one is an entry here
+# (and its tests): the inputs of api/types.py and the compiler above follow.
+OPERATORS: tuple[Operator, ...] = (
+    Operator("eq", "eq", _ALL, "value", lambda c, col, e, v: _bool_eq(c, e, v) if col.kind is Kind.BOOL
+             else c.op_compare("eq", col, e, v)),
+    Operator("ne", "ne", (STRING, INT, FLOAT), "value", lambda c, col, e, v: c.op_compare("ne", col, e, v)),
+    Operator("gt", "gt", _ORDERED, "value", lambda c, col, e, v: c.op_compare("gt", col, e, v)),
+    Operator("gte", "gte", _ORDERED, "value", lambda c, col, e, v: c.op_compare("gte", col, e, v)),
+    Operator("lt", "lt", _ORDERED, "value", lambda c, col, e, v: c.op_compare("lt", col, e, v)),
+    Operator("lte", "lte", _ORDERED, "value", lambda c, col, e, v: c.op_compare("lte", col, e, v)),
+    Operator("in_", "in", (STRING, INT, FLOAT), "list", lambda c, col, e, v: c.op_in(col, e, v, negate=False)),
+    Operator("not_in", "notIn", (STRING,), "list", lambda c, col, e, v: c.op_in(col, e, v, negate=True)),
+    Operator("is_null", "isNull", _ALL, "flag", lambda c, col, e, v: c.op_is_null(col, e, v)),
+    Operator("contains", "contains", (STRING,), "value", lambda c, col, e, v: c.dialect.contains(e, c.params.add(v))),
+    Operator("starts_with", "startsWith", (STRING,), "value",
+             lambda c, col, e, v: c.dialect.starts_with(e, c.params.add(v))),
+    Operator("match", "match", (STRING,), "value", lambda c, col, e, v: c.op_match(col, e, v)),
+)  # fmt: skip
+_OPS_BY_INPUT: dict[str, tuple[Operator, ...]] = {
+    name: tuple(op for op in OPERATORS if name in op.inputs) for name in _ALL
 }

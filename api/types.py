@@ -20,6 +20,7 @@ from strawberry import UNSET
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
+from dicom_db.api import filters
 from dicom_db.api.columns import PATIENT, SERIES, SLICE, STUDY, TABLES, Kind, Table, row_reader
 from dicom_db.api.errors import ForbiddenError, NotFoundError, UserInputError
 from dicom_db.api.filters import compile_where
@@ -69,76 +70,71 @@ SliceGroupField = _column_enum("SliceGroupField", SLICE, "count values of")
 # Filter inputs. Operators of one filter are combined with AND; see api.filters for null semantics.
 
 
-@strawberry.input(
-    description="Text comparisons. `match` takes DICOM wildcards (* any run, ? one character), case-insensitive; "
+# Filter inputs, one per kind of column, made from the operator registry (api.filters.OPERATORS).
+_FILTER_DESCRIPTIONS = {
+    filters.STRING: "Text comparisons. `match` takes DICOM wildcards (* any run, ? one character), case-insensitive; "
     "`contains` and `startsWith` are case-sensitive. `ne` and `notIn` also match null. Multi-valued attributes "
-    "compare their stored DICOM text, values joined by a backslash."
-)
-class StringFilter:
-    eq: str | None = UNSET
-    ne: str | None = UNSET
-    in_: list[str] | None = strawberry.field(name="in", default=UNSET)
-    not_in: list[str] | None = UNSET
-    is_null: bool | None = UNSET
-    contains: str | None = UNSET
-    starts_with: str | None = UNSET
-    match: str | None = UNSET
+    "compare their stored DICOM text, values joined by a backslash.",
+    filters.FLOAT: "Number comparisons; `ne` also matches null.",
+    filters.INT: "Integer comparisons; `ne` also matches null.",
+    filters.DATE: "ISO date comparisons. Comparisons see valid dates only; `isNull: true` matches when the typed "
+    "date is null (no value, or stored text that is not a date).",
+    filters.BOOLEAN: None,
+}
+_OPERAND_TYPES: dict[str, Any] = {
+    filters.STRING: str,
+    filters.FLOAT: float,
+    filters.INT: int,
+    filters.DATE: dt.date,
+    filters.BOOLEAN: bool,
+}
 
 
-@strawberry.input(description="Number comparisons; `ne` also matches null.")
-class FloatFilter:
-    eq: float | None = UNSET
-    ne: float | None = UNSET
-    gt: float | None = UNSET
-    gte: float | None = UNSET
-    lt: float | None = UNSET
-    lte: float | None = UNSET
-    in_: list[float] | None = strawberry.field(name="in", default=UNSET)
-    is_null: bool | None = UNSET
+def _filter_input(name: str) -> Any:
+    operand = _OPERAND_TYPES[name]
+    annotations: dict[str, Any] = {}
+    namespace: dict[str, Any] = {"__annotations__": annotations, "__module__": __name__}
+    for op in filters.OPERATORS:
+        if name in op.inputs:
+            value = {"value": operand, "list": list[operand], "flag": bool}[op.operand]
+            annotations[op.attr] = value | None
+            namespace[op.attr] = strawberry.field(name=op.name, default=UNSET)
+    return strawberry.input(type(name, (), namespace), description=_FILTER_DESCRIPTIONS[name])
 
 
-@strawberry.input(description="Integer comparisons; `ne` also matches null.")
-class IntFilter:
-    eq: int | None = UNSET
-    ne: int | None = UNSET
-    gt: int | None = UNSET
-    gte: int | None = UNSET
-    lt: int | None = UNSET
-    lte: int | None = UNSET
-    in_: list[int] | None = strawberry.field(name="in", default=UNSET)
-    is_null: bool | None = UNSET
+StringFilter = _filter_input(filters.STRING)
+FloatFilter = _filter_input(filters.FLOAT)
+IntFilter = _filter_input(filters.INT)
+DateFilter = _filter_input(filters.DATE)
+BooleanFilter = _filter_input(filters.BOOLEAN)
 
 
-@strawberry.input(
-    description="ISO date comparisons. Comparisons see valid dates only; `isNull: true` matches when the typed "
-    "date is null (no value, or stored text that is not a date)."
-)
-class DateFilter:
-    eq: dt.date | None = UNSET
-    gt: dt.date | None = UNSET
-    gte: dt.date | None = UNSET
-    lt: dt.date | None = UNSET
-    lte: dt.date | None = UNSET
-    is_null: bool | None = UNSET
+_FILTER_TYPES: dict[str, Any] = {
+    filters.STRING: StringFilter,
+    filters.INT: IntFilter,
+    filters.FLOAT: FloatFilter,
+    filters.BOOLEAN: BooleanFilter,
+    filters.DATE: DateFilter,
+}
 
 
-@strawberry.input
-class BooleanFilter:
-    eq: bool | None = UNSET
-    is_null: bool | None = UNSET
+def _with_filters(table: Table) -> Any:
+    """Give a `where` input class one optional filter per column of `table`, before the entries it declares."""
+
+    def add(cls: type) -> type:
+        fields: dict[str, Any] = {}
+        for column in table.columns:
+            fields[column.attr] = _FILTER_TYPES[filters.FILTER_OF_KIND[column.kind]] | None
+            setattr(cls, column.attr, UNSET)
+        cls.__annotations__ = {**fields, **cls.__dict__.get("__annotations__", {})}
+        return cls
+
+    return add
 
 
 @strawberry.input(description="Patients. Entries are combined with AND.")
+@_with_filters(PATIENT)
 class PatientWhere:
-    patient_id: StringFilter | None = UNSET
-    patient_name: StringFilter | None = UNSET
-    patient_sex: StringFilter | None = UNSET
-    patient_age: StringFilter | None = UNSET
-    patient_birth_date: DateFilter | None = UNSET
-    patient_identity_removed: StringFilter | None = UNSET
-    de_identification_method: StringFilter | None = UNSET
-    last_menstrual_date: DateFilter | None = UNSET
-    patient_id_generated: BooleanFilter | None = UNSET
     studies: StudyListFilter | None = strawberry.field(default=UNSET, description="Filter on the patient's studies.")
     and_: list[PatientWhere] | None = strawberry.field(name="and", default=UNSET)
     or_: list[PatientWhere] | None = strawberry.field(name="or", default=UNSET)
@@ -146,15 +142,8 @@ class PatientWhere:
 
 
 @strawberry.input(description="Studies. Entries are combined with AND.")
+@_with_filters(STUDY)
 class StudyWhere:
-    study_instance_uid: StringFilter | None = UNSET
-    patient_id: StringFilter | None = UNSET
-    study_description: StringFilter | None = UNSET
-    study_date: DateFilter | None = UNSET
-    study_time: StringFilter | None = UNSET
-    study_id: StringFilter | None = UNSET
-    series_date: DateFilter | None = UNSET
-    referring_physician_name: StringFilter | None = UNSET
     patient: PatientWhere | None = strawberry.field(default=UNSET, description="Filter on the study's patient.")
     series: SeriesListFilter | None = strawberry.field(default=UNSET, description="Filter on the study's series.")
     and_: list[StudyWhere] | None = strawberry.field(name="and", default=UNSET)
@@ -163,32 +152,8 @@ class StudyWhere:
 
 
 @strawberry.input(description="Series. Entries are combined with AND.")
+@_with_filters(SERIES)
 class SeriesWhere:
-    series_instance_uid: StringFilter | None = UNSET
-    study_instance_uid: StringFilter | None = UNSET
-    series_description: StringFilter | None = UNSET
-    modality: StringFilter | None = UNSET
-    slice_thickness: FloatFilter | None = UNSET
-    pixel_spacing: StringFilter | None = UNSET
-    image_position_patient: StringFilter | None = UNSET
-    image_orientation_patient: StringFilter | None = UNSET
-    rows: IntFilter | None = UNSET
-    columns: IntFilter | None = UNSET
-    image_type: StringFilter | None = UNSET
-    acquisition_number: IntFilter | None = UNSET
-    instance_number: IntFilter | None = UNSET
-    patient_position: StringFilter | None = UNSET
-    exposure_time: IntFilter | None = UNSET
-    kvp: FloatFilter | None = UNSET
-    table_height: FloatFilter | None = UNSET
-    slice_location: FloatFilter | None = UNSET
-    body_part_examined: StringFilter | None = UNSET
-    scan_options: StringFilter | None = UNSET
-    reconstruction_diameter: FloatFilter | None = UNSET
-    distance_source_to_patient: FloatFilter | None = UNSET
-    gantry_detector_tilt: FloatFilter | None = UNSET
-    rotation_direction: StringFilter | None = UNSET
-    convolution_kernel: StringFilter | None = UNSET
     study: StudyWhere | None = strawberry.field(default=UNSET, description="Filter on the series' study.")
     slices: SliceListFilter | None = strawberry.field(default=UNSET, description="Filter on the series' slices.")
     and_: list[SeriesWhere] | None = strawberry.field(name="and", default=UNSET)
@@ -197,23 +162,8 @@ class SeriesWhere:
 
 
 @strawberry.input(description="Slices. Entries are combined with AND.")
+@_with_filters(SLICE)
 class SliceWhere:
-    slice_id: IntFilter | None = UNSET
-    sop_instance_uid: StringFilter | None = UNSET
-    series_instance_uid: StringFilter | None = UNSET
-    sop_class_uid: StringFilter | None = UNSET
-    acquisition_date: DateFilter | None = UNSET
-    acquisition_time: StringFilter | None = UNSET
-    contrast_bolus_agent: StringFilter | None = UNSET
-    accession_number: StringFilter | None = UNSET
-    slice_number: IntFilter | None = UNSET
-    slice_location: FloatFilter | None = UNSET
-    slice_thickness: FloatFilter | None = UNSET
-    pixel_padding_value: IntFilter | None = UNSET
-    rescale_intercept: FloatFilter | None = UNSET
-    rescale_slope: FloatFilter | None = UNSET
-    longitudinal_temporal_info: StringFilter | None = UNSET
-    image_position_patient: StringFilter | None = UNSET
     series: SeriesWhere | None = strawberry.field(default=UNSET, description="Filter on the slice's series.")
     and_: list[SliceWhere] | None = strawberry.field(name="and", default=UNSET)
     or_: list[SliceWhere] | None = strawberry.field(name="or", default=UNSET)
@@ -366,6 +316,36 @@ def _raw(table: Table, row: Sequence[Any]) -> dict[str, Any]:
     return {column.name: row[i] for i, column in enumerate(table.columns)}
 
 
+# The tables' columns as fields: from the registry (model/registry.py, through api.columns), so that a column
+# added there is a field, a filter entry and an order and group value without an edit here.
+_VALUE_TYPES: dict[Kind, Any] = {
+    Kind.STRING: str,
+    Kind.INT: int,
+    Kind.FLOAT: float,
+    Kind.BOOL: bool,
+    Kind.DATE: dt.date,
+    Kind.INT_TEXT: int,
+    Kind.FLOAT_LIST: list[float],
+    Kind.STRING_LIST: list[str],
+}
+
+
+def _with_fields(table: Table) -> Any:
+    """Give a node class one field per column of `table`, before the fields and resolvers it declares."""
+
+    def add(cls: type) -> type:
+        fields: dict[str, Any] = {}
+        for column in table.columns:
+            value = _VALUE_TYPES[column.kind]
+            fields[column.attr] = value if column.required else value | None
+            if column.description:
+                setattr(cls, column.attr, strawberry.field(description=column.description))
+        cls.__annotations__ = {**fields, **cls.__dict__.get("__annotations__", {})}
+        return cls
+
+    return add
+
+
 _RAW_DOC = (
     "The stored values of this row by column name (DICOM text for text columns). A typed field is null when "
     "its stored text cannot be parsed (an invalid date, a malformed number); the text stays here."
@@ -379,18 +359,8 @@ _ID_DOC = (
 
 
 @strawberry.type(description="A patient (one row of the Patient table).")
+@_with_fields(PATIENT)
 class Patient:
-    patient_id: str
-    patient_name: str | None = strawberry.field(description="DICOM PersonName, with its '=' component groups.")
-    patient_sex: str | None
-    patient_age: str | None
-    patient_birth_date: dt.date | None
-    patient_identity_removed: str | None
-    de_identification_method: str | None
-    last_menstrual_date: dt.date | None
-    patient_id_generated: bool = strawberry.field(
-        description="True when the files had no PatientID: the ID is 'NOID-' + the StudyInstanceUID."
-    )
     _row: strawberry.Private[Sequence[Any]]  # as stored: the keys relations follow
     _shown: strawberry.Private[Sequence[Any]]  # as the request's access may see it
 
@@ -420,15 +390,8 @@ class Patient:
 
 
 @strawberry.type(description="A study (one row of the Study table).")
+@_with_fields(STUDY)
 class Study:
-    study_instance_uid: str
-    patient_id: str | None
-    study_description: str | None
-    study_date: dt.date | None
-    study_time: str | None = strawberry.field(description="ISO time text, HH:MM:SS with optional fraction.")
-    study_id: str | None
-    series_date: dt.date | None
-    referring_physician_name: str | None
     _row: strawberry.Private[Sequence[Any]]
     _shown: strawberry.Private[Sequence[Any]]
 
@@ -468,34 +431,8 @@ class Study:
 
 
 @strawberry.type(description="A series (one row of the Series table; per-image values come from its first instance).")
+@_with_fields(SERIES)
 class Series:
-    series_instance_uid: str
-    study_instance_uid: str | None
-    series_description: str | None
-    modality: str | None
-    slice_thickness: float | None = strawberry.field(
-        description="Stored as text in the Series table; this is its numeric value (the text is in `raw`)."
-    )
-    pixel_spacing: list[float] | None
-    image_position_patient: list[float] | None
-    image_orientation_patient: list[float] | None
-    rows: int | None
-    columns: int | None
-    image_type: list[str] | None
-    acquisition_number: int | None
-    instance_number: int | None
-    patient_position: str | None
-    exposure_time: int | None
-    kvp: float | None
-    table_height: float | None
-    slice_location: float | None
-    body_part_examined: str | None
-    scan_options: str | None
-    reconstruction_diameter: float | None
-    distance_source_to_patient: float | None
-    gantry_detector_tilt: float | None
-    rotation_direction: str | None
-    convolution_kernel: list[str] | None
     _row: strawberry.Private[Sequence[Any]]
     _shown: strawberry.Private[Sequence[Any]]
 
@@ -529,23 +466,8 @@ class Series:
 
 
 @strawberry.type(description="A slice: one DICOM instance (one row of the SliceMetadata table).")
+@_with_fields(SLICE)
 class Slice:
-    slice_id: int
-    sop_instance_uid: str
-    series_instance_uid: str | None
-    sop_class_uid: str | None
-    acquisition_date: dt.date | None
-    acquisition_time: str | None
-    contrast_bolus_agent: str | None
-    accession_number: str | None
-    slice_number: int | None = strawberry.field(description="The instance's InstanceNumber (0020,0013).")
-    slice_location: float | None
-    slice_thickness: float | None
-    pixel_padding_value: int | None
-    rescale_intercept: float | None
-    rescale_slope: float | None
-    longitudinal_temporal_info: str | None
-    image_position_patient: list[float] | None
     _row: strawberry.Private[Sequence[Any]]
     _shown: strawberry.Private[Sequence[Any]]
 

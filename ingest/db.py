@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from dicom_db.model import registry
+
 if TYPE_CHECKING:
     import logging
 
@@ -47,73 +49,12 @@ class IndexedFile(NamedTuple):  # a tuple: the index of a large tree is read who
     status: str
 
 
-PATIENT_FIELDS = (
-    "PatientID",
-    "PatientName",
-    "PatientSex",
-    "PatientAge",
-    "PatientBirthDate",
-    "PatientIdentityRemoved",
-    "DeIdentificationMethod",
-    "LastMenstrualDate",
-    "PatientIDGenerated",
-)
-STUDY_FIELDS = (
-    "StudyInstanceUID",
-    "PatientID",
-    "StudyDescription",
-    "StudyDate",
-    "StudyTime",
-    "StudyID",
-    "SeriesDate",
-    "ReferringPhysicianName",
-)
-SERIES_FIELDS = (
-    "SeriesInstanceUID",
-    "StudyInstanceUID",
-    "SeriesDescription",
-    "Modality",
-    "SliceThickness",
-    "PixelSpacing",
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "Rows",
-    "Columns",
-    "ImageType",
-    "AcquisitionNumber",
-    "InstanceNumber",
-    "PatientPosition",
-    "ExposureTime",
-    "KVP",
-    "TableHeight",
-    "SliceLocation",
-    "BodyPartExamined",
-    "ScanOptions",
-    "ReconstructionDiameter",
-    "DistanceSourceToPatient",
-    "GantryDetectorTilt",
-    "RotationDirection",
-    "ConvolutionKernel",
-    "RepresentativeKey",
-    "SliceThicknessValue",
-)
-SLICE_FIELDS = (
-    "SOPInstanceUID",
-    "SeriesInstanceUID",
-    "SOPClassUID",
-    "AcquisitionDate",
-    "AcquisitionTime",
-    "ContrastBolusAgent",
-    "AccessionNumber",
-    "SliceNumber",
-    "SliceLocation",
-    "SliceThickness",
-    "PixelPaddingValue",
-    "RescaleIntercept",
-    "RescaleSlope",
-    "LongitudinalTemporalInfo",
-    "ImagePositionPatient",
-)
+# The columns the reader fills, per table, in the registry's order (model/registry.py). The Patient and Study
+# orders are also the order of the values kept per file in SourceHeader.
+PATIENT_FIELDS = registry.written("Patient")
+STUDY_FIELDS = registry.written("Study")
+SERIES_FIELDS = registry.written("Series")
+SLICE_FIELDS = registry.written("SliceMetadata")
 SOURCE_FIELDS = (
     "Path",
     "Size",
@@ -406,12 +347,9 @@ class Store:
                 f"{self.url} holds another application's tables ({listed}) and none of dicom-db's: "
                 "refusing to add tables to it; give a new database"
             )
-        for table, fields in (
-            ("Patient", PATIENT_FIELDS),
-            ("Study", STUDY_FIELDS),
-            ("Series", SERIES_FIELDS),
-            ("SliceMetadata", SLICE_FIELDS),
-        ):
+        # The columns of the first release: later ones are added by the upgrade.
+        for table in registry.TABLE_NAMES:
+            fields = registry.written(table, since=1)
             missing = [f for f in fields if table in tables and f not in tables[table]]
             if missing:
                 raise DatabaseError(

@@ -345,7 +345,8 @@ def _merged(variants: list[tuple[str, str, str, str]], which: int, fields: tuple
     rows: dict[str, dict[str, Any]] = {}
     for key, patient, study, _ in sorted(variants, key=lambda v: v[3]):
         row = rows.setdefault(key, dict.fromkeys(fields))
-        for name, value in zip(fields, json.loads(patient if which == 1 else study), strict=True):
+        # strict=False: values kept under an older mapping may lack the columns added since (left None).
+        for name, value in zip(fields, json.loads(patient if which == 1 else study), strict=False):
             if value is not None:
                 row[name] = value
     return rows

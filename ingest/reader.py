@@ -57,6 +57,7 @@ from pydicom.values import convert_string
 
 from dicom_db.ingest.derive import rank_key
 from dicom_db.ingest.limits import DEFAULT_MAX_HEADER_BYTES
+from dicom_db.model import registry
 
 # Values that break a VR's rules are kept as read instead of raising on access; ingest never fails a whole
 # file for one malformed number.
@@ -64,87 +65,23 @@ pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
-# Column -> DICOM keyword, per table. Columns whose name is not a DICOM keyword are mapped explicitly.
-PATIENT_COLUMNS: dict[str, str] = {
-    "PatientID": "PatientID",
-    "PatientName": "PatientName",
-    "PatientSex": "PatientSex",
-    "PatientAge": "PatientAge",
-    "PatientBirthDate": "PatientBirthDate",
-    "PatientIdentityRemoved": "PatientIdentityRemoved",
-    "DeIdentificationMethod": "DeidentificationMethod",
-    "LastMenstrualDate": "LastMenstrualDate",
+# Column -> DICOM keyword, per table, and how each column is stored: from the registry (model/registry.py).
+PATIENT_COLUMNS: dict[str, str] = registry.read_keywords("Patient")
+STUDY_COLUMNS: dict[str, str] = registry.read_keywords("Study")
+SERIES_COLUMNS: dict[str, str] = registry.read_keywords("Series")
+SLICE_COLUMNS: dict[str, str] = registry.read_keywords("SliceMetadata")
+# The stored type decides (TEXT columns keep DICOM's text form, numbers are numbers); SliceThickness, say, is TEXT
+# in Series (the user's type) but REAL in SliceMetadata.
+_TYPES = {(e.table, e.column): e.sql_type for e in registry.ENTRIES}
+_TYPED: dict[str, dict[str, str]] = {
+    table: {c: _TYPES[table, c] for c in columns if _TYPES[table, c] != "TEXT"}
+    for table, columns in (("Series", SERIES_COLUMNS), ("SliceMetadata", SLICE_COLUMNS))
 }
-STUDY_COLUMNS: dict[str, str] = {
-    "StudyInstanceUID": "StudyInstanceUID",
-    "StudyDescription": "StudyDescription",
-    "StudyDate": "StudyDate",
-    "StudyTime": "StudyTime",
-    "StudyID": "StudyID",
-    "SeriesDate": "SeriesDate",
-    "ReferringPhysicianName": "ReferringPhysicianName",
-}
-SERIES_COLUMNS: dict[str, str] = {
-    "SeriesInstanceUID": "SeriesInstanceUID",
-    "SeriesDescription": "SeriesDescription",
-    "Modality": "Modality",
-    "SliceThickness": "SliceThickness",
-    "PixelSpacing": "PixelSpacing",
-    "ImagePositionPatient": "ImagePositionPatient",
-    "ImageOrientationPatient": "ImageOrientationPatient",
-    "Rows": "Rows",
-    "Columns": "Columns",
-    "ImageType": "ImageType",
-    "AcquisitionNumber": "AcquisitionNumber",
-    "InstanceNumber": "InstanceNumber",
-    "PatientPosition": "PatientPosition",
-    "ExposureTime": "ExposureTime",
-    "KVP": "KVP",
-    "TableHeight": "TableHeight",
-    "SliceLocation": "SliceLocation",
-    "BodyPartExamined": "BodyPartExamined",
-    "ScanOptions": "ScanOptions",
-    "ReconstructionDiameter": "ReconstructionDiameter",
-    "DistanceSourceToPatient": "DistanceSourceToPatient",
-    "GantryDetectorTilt": "GantryDetectorTilt",
-    "RotationDirection": "RotationDirection",
-    "ConvolutionKernel": "ConvolutionKernel",
-}
-SLICE_COLUMNS: dict[str, str] = {
-    "SOPInstanceUID": "SOPInstanceUID",
-    "SOPClassUID": "SOPClassUID",
-    "AcquisitionDate": "AcquisitionDate",
-    "AcquisitionTime": "AcquisitionTime",
-    "ContrastBolusAgent": "ContrastBolusAgent",
-    "AccessionNumber": "AccessionNumber",
-    # No attribute is called SliceNumber: the instance's InstanceNumber (0020,0013) numbers the slice.
-    "SliceNumber": "InstanceNumber",
-    "SliceLocation": "SliceLocation",
-    "SliceThickness": "SliceThickness",
-    "PixelPaddingValue": "PixelPaddingValue",
-    "RescaleIntercept": "RescaleIntercept",
-    "RescaleSlope": "RescaleSlope",
-    # The de-identification flag "Longitudinal Temporal Information Modified" (0028,0303).
-    "LongitudinalTemporalInfo": "LongitudinalTemporalInformationModified",
-    "ImagePositionPatient": "ImagePositionPatient",
-}
-
-# How each column is stored: the seed types decide (TEXT columns keep DICOM's text form, numbers are numbers).
-INT_COLUMNS = {"Rows", "Columns", "ExposureTime", "SliceNumber", "PixelPaddingValue"}
-FLOAT_COLUMNS = {
-    "KVP",
-    "TableHeight",
-    "SliceLocation",
-    "ReconstructionDiameter",
-    "DistanceSourceToPatient",
-    "GantryDetectorTilt",
-    "RescaleIntercept",
-    "RescaleSlope",
-}
-# SliceThickness is TEXT in Series (the user's type) but REAL in SliceMetadata.
-SLICE_FLOAT_COLUMNS = FLOAT_COLUMNS | {"SliceThickness"}
-DATE_KEYWORDS = {"PatientBirthDate", "LastMenstrualDate", "StudyDate", "SeriesDate", "AcquisitionDate"}
-TIME_KEYWORDS = {"StudyTime", "AcquisitionTime"}
+_VR = {e.keyword: e.vr for e in registry.ENTRIES if e.origin is registry.Origin.DICOM}
+DATE_KEYWORDS = {kw for kw, vr in _VR.items() if vr == "DA"}
+TIME_KEYWORDS = {kw for kw, vr in _VR.items() if vr == "TM"}
+# Read from the file meta information (group 0002), not from the dataset.
+META_KEYWORDS = {e.keyword for e in registry.ENTRIES if e.tag.startswith("(0002,")}
 
 # NumberOfFrames: whether to read the functional groups of an enhanced multi-frame image (end of this module).
 EXTRA_KEYWORDS = ("SpecificCharacterSet", "PixelRepresentation", "DirectoryRecordSequence", "NumberOfFrames")
@@ -348,7 +285,10 @@ def _dcmread(fh: _Bounded, force: bool = False) -> Dataset:
 
 def _to_result(path: str, ds: Dataset) -> FileResult:
     charset = ds._character_set
-    values = {kw: _value(ds, kw, charset) for kw in VALUE_KEYWORDS}
+    values = {kw: _value(ds, kw, charset) for kw in VALUE_KEYWORDS if kw not in META_KEYWORDS}
+    meta = ds.file_meta if hasattr(ds, "file_meta") else None
+    for kw in META_KEYWORDS:
+        values[kw] = _value(meta, kw, charset) if meta is not None else None
     if values["SOPClassUID"] == MEDIA_STORAGE_DIRECTORY or TAG_OF["DirectoryRecordSequence"] in ds._dict:
         return FileResult(path, "not_dicom", "DICOMDIR (a media directory, not an image)")
     values = with_functional_groups(path, values, _value(ds, "NumberOfFrames", charset), deflated=_is_deflated(ds))
@@ -361,20 +301,20 @@ def _rows(path: str, values: dict[str, str | None]) -> FileResult:
     if missing:
         return FileResult(path, "failed", "missing " + ", ".join(missing))
 
-    patient = {col: values[kw] for col, kw in PATIENT_COLUMNS.items()}
+    patient = {col: values.get(kw) for col, kw in PATIENT_COLUMNS.items()}
     patient["PatientIDGenerated"] = 0
     if not patient["PatientID"]:
         # No ID: one synthetic patient per study, so that studies of different people are never merged.
         patient["PatientID"] = "NOID-" + values["StudyInstanceUID"]
         patient["PatientIDGenerated"] = 1
-    study = {col: values[kw] for col, kw in STUDY_COLUMNS.items()}
+    study = {col: values.get(kw) for col, kw in STUDY_COLUMNS.items()}
     study["PatientID"] = patient["PatientID"]
-    series = {col: _typed(col, values[kw]) for col, kw in SERIES_COLUMNS.items()}
-    series["StudyInstanceUID"] = values["StudyInstanceUID"]
+    typed = _TYPED["Series"]
+    series = {col: _typed(typed.get(col), values.get(kw)) for col, kw in SERIES_COLUMNS.items()}
     series["SliceThicknessValue"] = _as_float(values["SliceThickness"])
     series["RepresentativeKey"] = representative_key(values["InstanceNumber"], values["SOPInstanceUID"])
-    slice_ = {col: _typed(col, values[kw], SLICE_FLOAT_COLUMNS) for col, kw in SLICE_COLUMNS.items()}
-    slice_["SeriesInstanceUID"] = values["SeriesInstanceUID"]
+    typed = _TYPED["SliceMetadata"]
+    slice_ = {col: _typed(typed.get(col), values.get(kw)) for col, kw in SLICE_COLUMNS.items()}
     return FileResult(path, "dicom", None, patient, study, series, slice_)
 
 
@@ -439,10 +379,10 @@ def iso_time(text: str) -> str | None:
     return text or None
 
 
-def _typed(column: str, text: str | None, float_columns: set[str] = FLOAT_COLUMNS) -> Any:
-    if column in INT_COLUMNS:
+def _typed(sql_type: str | None, text: str | None) -> Any:
+    if sql_type == "INTEGER":
         return _as_int(text)
-    if column in float_columns:
+    if sql_type == "REAL":
         return _as_float(text)
     return text
 
@@ -500,6 +440,7 @@ _FIRST_READ = 64 * 1024
 _MAX_READ = 4 * 1024 * 1024
 _GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"  # (0002,0000) UL, length 4: the file meta group's length
 _TRANSFER_SYNTAX = 0x00020010
+_META_TAGS = [TAG_OF[kw] for kw in META_KEYWORDS]
 _CHARSET = TAG_OF["SpecificCharacterSet"]
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _NOT_FAST = {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99", *PrivateTransferSyntaxes}  # big endian, deflate
@@ -579,6 +520,7 @@ def _header_elements(data: bytes, complete: bool) -> dict[int, RawDataElement] |
         # The bytes read ended before the last needed tag: read on, or, at the end of the file, let the
         # reference path tell a header that simply ends there from a truncated one.
         return None if complete else _GOES_ON
+    elements.update((tag, meta[tag]) for tag in _META_TAGS if tag in meta)
     return elements
 
 

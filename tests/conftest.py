@@ -46,10 +46,19 @@ def rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
 
 
 def dump_tables(db: Path) -> dict[str, list[tuple]]:
-    """Every row of the user's four tables, sorted: two databases are equal when their dumps are."""
-    tables = {"Patient": "PatientID", "Study": "StudyInstanceUID", "Series": "SeriesInstanceUID"}
-    out = {t: rows(db, f'SELECT * FROM "{t}" ORDER BY "{k}"') for t, k in tables.items()}
-    out["SliceMetadata"] = rows(db, 'SELECT * FROM "SliceMetadata" ORDER BY "SOPInstanceUID"')
+    """Every row of the user's four tables, sorted, columns by name (an upgraded database has its added columns
+    at the end): two databases are equal when their dumps are."""
+    keys = {
+        "Patient": "PatientID",
+        "Study": "StudyInstanceUID",
+        "Series": "SeriesInstanceUID",
+        "SliceMetadata": "SOPInstanceUID",
+    }
+    out = {}
+    for table, key in keys.items():
+        names = sorted(r[1] for r in rows(db, f'PRAGMA table_info("{table}")'))
+        columns = ", ".join(f'"{n}"' for n in names)
+        out[table] = rows(db, f'SELECT {columns} FROM "{table}" ORDER BY "{key}"')
     return out
 
 

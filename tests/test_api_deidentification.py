@@ -64,6 +64,8 @@ E11: dict[str, tuple[str, str, dict[str, str]]] = {
     "StudyTime": ("(0008,0030)", "Z", {FD: "K", MD: "C"}),
     "StudyID": ("(0020,0010)", "Z", {}),
     "SeriesDate": ("(0008,0021)", "X/D", {FD: "K", MD: "C"}),
+    "SeriesTime": ("(0008,0031)", "X/D", {FD: "K", MD: "C"}),
+    "ProtocolName": ("(0018,1030)", "X/D", {"clean-descriptors": "C"}),
     "ReferringPhysicianName": ("(0008,0090)", "Z", {}),
     "SeriesInstanceUID": ("(0020,000E)", "U", {"retain-uids": "K"}),
     "SeriesDescription": ("(0008,103E)", "X", {"clean-descriptors": "C"}),

@@ -157,9 +157,12 @@ def assert_same_rows_as_classic(classic_db: Path, enhanced_db: Path) -> None:
         assert table_rows(enhanced_db, table) == table_rows(classic_db, table), table
     (first, *_) = sorted(table_rows(classic_db, "SliceMetadata"), key=lambda row: row["SliceNumber"])
     (enhanced,) = table_rows(enhanced_db, "SliceMetadata")
-    differ = {"SliceID", "SOPClassUID"}
+    differ = {"SliceID", "SOPClassUID", "NumberOfFrames", "TransferSyntaxUID"}  # the classic files are explicit VR
     assert {k: v for k, v in enhanced.items() if k not in differ} == {k: v for k, v in first.items() if k not in differ}
     assert enhanced["SOPClassUID"] == EnhancedCTImageStorage
+    # one row for the instance, its frames counted (a classic image has no NumberOfFrames)
+    assert first["NumberOfFrames"] is None
+    assert enhanced["NumberOfFrames"] >= len(table_rows(classic_db, "SliceMetadata"))
 
 
 def assert_both_paths_agree(path: Path, fast_expected: bool) -> None:
