@@ -17,6 +17,7 @@ WORKDIR /app
 COPY pyproject.toml README.md schema.sql ./
 COPY ingest ./ingest
 COPY api ./api
+COPY model ./model
 # A plain install: the package (dicom_db, with schema.sql and the GraphiQL assets as package data) goes to
 # site-packages, and the sources are removed so that nothing reads them from /app.
 RUN pip install . && rm -rf /app/* && useradd --system --uid 10001 dicomdb && mkdir /db && chown dicomdb /db

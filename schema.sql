@@ -128,7 +128,10 @@ CREATE TABLE IF NOT EXISTS "SourceFile" (
     "CtimeNs" BIGINT,
     -- the file's Patient and Study values (SourceHeader) and a hash of everything read from it
     "Header" TEXT,
-    "ContentHash" TEXT
+    "ContentHash" TEXT,
+    -- the version of the mapping from DICOM attributes to columns the file was read under (ingest/migrate.py
+    -- MAPPING_VERSION; 1 for files read before it was recorded): an older one is read again by the next ingest
+    "MappingVersion" INTEGER NOT NULL DEFAULT 1
 );
 
 -- added: the Patient and Study values files carry, once per distinct set (a few per study), so that the
@@ -140,6 +143,14 @@ CREATE TABLE IF NOT EXISTS "SourceHeader" (
     -- JSON arrays of the values, in the column order of ingest/db.py PATIENT_FIELDS and STUDY_FIELDS
     "Patient" TEXT NOT NULL,
     "Study" TEXT NOT NULL
+);
+
+-- added: what the database is, as key and value: "schema", the version of this file it was made or upgraded to,
+-- and "mapping", the newest mapping version files were read under (ingest/migrate.py). A database with the
+-- tables above but without this one predates versions: schema version 1.
+CREATE TABLE IF NOT EXISTS "SchemaInfo" (
+    "Key" TEXT PRIMARY KEY,
+    "Value" TEXT NOT NULL
 );
 
 CREATE INDEX IF NOT EXISTS "idx_study_patient" ON "Study" ("PatientID");

@@ -6,8 +6,9 @@ Each worker builds its app from the same command line (`worker_app`, an applicat
 workers afresh, so they get the arguments through the environment, never the tokens themselves), and the one
 pseudonym key is made here, so that every worker shows a patient under the same pseudonym.
 
-Exit codes: 2 bad option, URL or token configuration, or a refused address; 3 the database cannot be opened or
-lacks the dicom-db tables; 4 the address cannot be listened on (the port is in use).
+Exit codes: 2 bad option, URL or token configuration, or a refused address; 3 the database cannot be opened,
+lacks the dicom-db tables or has another schema version (an older one: the message names the command that
+upgrades it); 4 the address cannot be listened on (the port is in use).
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ authentication:
   every start.
 
 exit status: 0 stopped normally; 2 bad option, URL or token configuration, or an address refused without
-authentication; 3 the database cannot be opened or lacks the dicom-db tables; 4 the address cannot be listened
-on (the port is in use). docs/api.md has every setting."""
+authentication; 3 the database cannot be opened, lacks the dicom-db tables or has another schema version (an
+older one: `dicom-ingest --upgrade --db URL` upgrades it); 4 the address cannot be listened on (the port is in
+use). docs/api.md has every setting."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,6 +49,7 @@ from dicom_db.api.sql import (
     shifted_expr,
     value_expr,
 )
+from dicom_db.ingest.migrate import INFO_TABLE, MAPPING_VERSION, SCHEMA_VERSION, upgrade_command
 
 log = logging.getLogger("dicom_api.db")
 
@@ -173,6 +174,7 @@ class Database:
             await self._database.disconnect()
 
     async def _check_schema(self) -> None:
+        await self._check_version()
         for table in TABLES.values():
             cols = ", ".join(q(c) for c in table.select)
             try:
@@ -184,6 +186,47 @@ class Database:
                     f"{_describe(exc)}"
                 ) from exc
         await self._check_uid_hashes()
+
+    async def _check_version(self) -> None:
+        """Refuse a dicom-db database of another schema version, naming the command that upgrades an older one
+        (this API only reads); warn about files read under an older mapping (their new columns are empty)."""
+        if self.dialect is SQLITE:
+            sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        else:
+            sql = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        tables = {row[0] for row in await self._one_off(sql, None, counted=False)}
+        if not tables & {table.name for table in TABLES.values()}:
+            return  # not a dicom-db database: the check of the tables says so
+        stored = {}
+        if INFO_TABLE in tables:
+            stored = dict(await self._one_off(f'SELECT "Key", "Value" FROM {q(INFO_TABLE)}', None, counted=False))
+        version = int(stored.get("schema", 1))
+        if version != SCHEMA_VERSION:
+            await self.disconnect()
+            url = _safe_url(self.url)
+            if version < SCHEMA_VERSION:
+                raise DatabaseUnavailable(
+                    f"{url} was made by an earlier dicom-ingest (schema version {version}, this dicom-api reads "
+                    f"version {SCHEMA_VERSION}): upgrade it in place with `{upgrade_command(url)}`"
+                )
+            raise DatabaseUnavailable(
+                f"{url} was made by a newer dicom-ingest (schema version {version}, this dicom-api reads version "
+                f"{SCHEMA_VERSION}): serve it with the dicom-api of that release"
+            )
+        stale = await self._one_off(
+            'SELECT COUNT(*) FROM "SourceFile" WHERE "MappingVersion" < :mapping '
+            "AND \"Status\" IN ('ingested', 'duplicate')",
+            {"mapping": MAPPING_VERSION},
+            counted=False,
+        )
+        if stale[0][0]:
+            log.warning(
+                "%s: %d files were read by an earlier dicom-ingest, and their rows lack what this one reads: "
+                "`%s` reads them again",
+                _safe_url(self.url),
+                stale[0][0],
+                upgrade_command(_safe_url(self.url)),
+            )
 
     async def _check_uid_hashes(self) -> None:
         """Whether the UID digests are stored (a database ingested before they were is served without them)."""

@@ -60,7 +60,7 @@ class NotFoundError(GraphQLError):
 
 
 class DatabaseUnavailable(Exception):
-    """The database cannot be opened or does not hold the dicom-db tables."""
+    """The database cannot be opened, does not hold the dicom-db tables or has another schema version."""
 
 
 class UnsupportedDatabaseURL(DatabaseUnavailable):

@@ -43,6 +43,7 @@ from dicom_db.ingest.db import (
     schema_statements,
     uid_hash,
 )
+from dicom_db.ingest.migrate import MAPPING_VERSION, SCHEMA_VERSION
 
 # Identifier columns that get the copy suffix, per table.
 RENAMED = {
@@ -131,6 +132,9 @@ def build(source: Path, out: Path, slices: int) -> dict[str, int]:
         db.execute("DETACH DATABASE source")
         for statement in indexes:
             db.execute(statement)
+        # The version dicom-ingest records (the API refuses a database of another schema version).
+        for key, value in (("schema", SCHEMA_VERSION), ("mapping", MAPPING_VERSION)):
+            db.execute('INSERT INTO "SchemaInfo" ("Key", "Value") VALUES (?, ?)', (key, str(value)))
         db.execute("PRAGMA journal_mode=WAL")
         counts = {
             table: db.execute(f"SELECT COUNT(*) FROM {q(table)}").fetchone()[0]

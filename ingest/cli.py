@@ -26,6 +26,7 @@ from dicom_db.ingest.pipeline import (
     UNCHANGED,
     Ingest,
     Summary,
+    stale,
     walk,
 )
 
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "3 database error; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): what was committed stays, a re-run "
         "goes on from there.",
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or folders to walk")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="DICOM files or folders to walk (none with --upgrade)")
     parser.add_argument(
         "--db",
         default=os.environ.get("DATABASE_URL", DEFAULT_DB),
@@ -78,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         "memory stays within --jobs times a small multiple of it (default: %(default)s)",
     )
     parser.add_argument(
+        "--upgrade",
+        action="store_true",
+        help="upgrade the database made by an earlier dicom-ingest in place and read again every file it records "
+        "that was read under an older mapping, wherever it is (an ingest over PATH upgrades the database too, "
+        "and reads again those under PATH)",
+    )
+    parser.add_argument(
         "--no-prune",
         dest="prune",
         action="store_false",
@@ -97,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.upgrade and args.paths:
+        return _usage("--upgrade takes no PATH (an ingest over PATH upgrades the database too)")
+    if not args.paths and not args.upgrade:
+        return _usage("give the files or folders to ingest (PATH), or --upgrade")
     missing = [p for p in args.paths if not os.path.lexists(p)]
     if missing:
         return _usage(f"no such file or directory: {', '.join(map(to_text, missing))}")
@@ -128,7 +140,12 @@ def _ingest(args: argparse.Namespace, errors: TextIO | None) -> int:
     except DatabaseError as exc:
         print(f"dicom-ingest: {exc}", file=sys.stderr)
         return EXIT_DATABASE
-    walked = walk(args.paths)
+    try:
+        walked = walk(args.paths) if args.paths else stale(store)
+    except DatabaseError as exc:
+        store.close()
+        print(f"dicom-ingest: {exc}", file=sys.stderr)
+        return EXIT_DATABASE
     bar = _progress_bar(len(walked.found)) if not args.quiet and sys.stderr.isatty() else None
     ingest = Ingest(
         store,

@@ -47,6 +47,7 @@ class IndexedFile(NamedTuple):  # a tuple: the index of a large tree is read who
     inode: int | None
     ctime_ns: int | None
     status: str
+    mapping: int  # the mapping version it was read under (ingest/migrate.py)
 
 
 # The columns the reader fills, per table, in the registry's order (model/registry.py). The Patient and Study
@@ -66,12 +67,9 @@ SOURCE_FIELDS = (
     "Reason",
     "Header",
     "ContentHash",
+    "MappingVersion",
 )
 HEADER_FIELDS = ("Hash", "PatientID", "StudyInstanceUID", "Patient", "Study")
-# Columns added to SourceFile after its first release: an older database gets them (ALTER TABLE) and its files
-# are read again once, since their rows lack what the rules below derive Patient and Study rows from.
-SOURCE_ADDED = {"Inode": "BIGINT", "CtimeNs": "BIGINT", "Header": "TEXT", "ContentHash": "TEXT"}
-OWN_TABLES = {"Patient", "Study", "Series", "SliceMetadata", "SourceFile", "SourceHeader"}
 
 # Per table: the UID column and the column holding its digest (`uid_hash`), indexed, so that the API can find a
 # row by the pseudonym a de-identified client sees (api/masking.py turns a pseudonym back into this digest).
@@ -124,10 +122,15 @@ DELETE_UNUSED_HEADERS = (
     '(SELECT 1 FROM "SourceFile" f WHERE f."Header" = "SourceHeader"."Hash")'
 )
 
-SELECT_FILE_INDEX = 'SELECT "Path", "Size", "MtimeNs", "Inode", "CtimeNs", "Status" FROM "SourceFile"'
+SELECT_FILE_INDEX = 'SELECT "Path", "Size", "MtimeNs", "Inode", "CtimeNs", "Status", "MappingVersion" FROM "SourceFile"'
+# Files holding an instance that were read under an older mapping than the current one (`dicom-ingest --upgrade`)
+SELECT_STALE = (
+    'SELECT "Path" FROM "SourceFile" WHERE "Status" IN (\'ingested\', \'duplicate\') AND "MappingVersion" < {mapping} '
+    'ORDER BY "Path"'
+)
 SELECT_SOURCES = 'SELECT "Path", "Status", "SOPInstanceUID", "Header" FROM "SourceFile" WHERE "Path" IN ({keys})'
 SELECT_HOLDERS = (
-    'SELECT "SOPInstanceUID", "Path", "Status", "Reason", "Header", "ContentHash", '
+    'SELECT "SOPInstanceUID", "Path", "Status", "Reason", "Header", "ContentHash", "MappingVersion", '
     '"Size", "MtimeNs", "Inode", "CtimeNs" '
     'FROM "SourceFile" WHERE "Status" IN (\'ingested\', \'duplicate\') AND "SOPInstanceUID" IN ({keys})'
 )
@@ -145,15 +148,16 @@ SELECT_SERIES_ROWS = (
 SELECT_STUDY_PATIENTS = 'SELECT "StudyInstanceUID", "PatientID" FROM "Study" WHERE "StudyInstanceUID" IN ({keys})'
 SELECT_HEADERS = 'SELECT "Hash", "PatientID", "StudyInstanceUID" FROM "SourceHeader" WHERE "Hash" IN ({keys})'
 # The distinct sets of values the files of a study (patient) carry, each with the last path in byte order
-# holding it: enough to merge them as a walk in path order would, without reading every file's row.
+# holding it: enough to merge them as a walk in path order would, without reading every file's row. Only files
+# read under the current mapping count: an older one's values may be in another order, or fewer.
 SELECT_STUDY_VARIANTS = (
     'SELECT h."StudyInstanceUID", h."Patient", h."Study", MAX(f."Path"{collate}) FROM "SourceHeader" h '
-    'JOIN "SourceFile" f ON f."Header" = h."Hash" AND f."Status" = \'ingested\' '
+    'JOIN "SourceFile" f ON f."Header" = h."Hash" AND f."Status" = \'ingested\' AND f."MappingVersion" >= {mapping} '
     'WHERE h."StudyInstanceUID" IN ({keys}) GROUP BY h."Hash", h."StudyInstanceUID", h."Patient", h."Study"'
 )
 SELECT_PATIENT_VARIANTS = (
     'SELECT h."PatientID", h."Patient", h."Study", MAX(f."Path"{collate}) FROM "SourceHeader" h '
-    'JOIN "SourceFile" f ON f."Header" = h."Hash" AND f."Status" = \'ingested\' '
+    'JOIN "SourceFile" f ON f."Header" = h."Hash" AND f."Status" = \'ingested\' AND f."MappingVersion" >= {mapping} '
     'WHERE h."PatientID" IN ({keys}) GROUP BY h."Hash", h."PatientID", h."Patient", h."Study"'
 )
 # Sort orders must be byte orders on both databases: PostgreSQL's default collation follows the locale.
@@ -310,24 +314,18 @@ class Store:
         self._db: _SQLite | _PostgreSQL | None = None
 
     def open(self) -> None:
+        from dicom_db.ingest import migrate  # it builds on this module
+
         try:
             self._db = _SQLite(self._address) if self.dialect == "sqlite" else _PostgreSQL(self._address)
             locked = self.dialect == "postgresql"
-            if locked:  # concurrent first runs would race to create the same tables
+            if locked:  # concurrent first runs (and upgrades) would race to create the same tables and columns
                 self._db.execute(f"SELECT pg_advisory_lock({PG_LOCK_KEY})")
             try:
-                self._check_ours(self._db.tables())
+                catalog = migrate.read_catalog(self._db, self.dialect)
+                migrate.check_ours(self.url, catalog.tables)
                 self._db.prepare()
-                statements = schema_statements(self.dialect)
-                for statement in statements:
-                    if not statement.upper().startswith("CREATE INDEX"):
-                        self._db.execute(statement)
-                tables = self._db.tables()
-                self._upgrade(tables.get("SourceFile", set()))
-                self._add_uid_hashes(tables)  # before the indexes: some index the columns it may add
-                for statement in statements:
-                    if statement.upper().startswith("CREATE INDEX"):
-                        self._db.execute(statement)
+                done = migrate.upgrade(self._db, self.dialect, self.url, catalog)
             finally:
                 if locked:
                     self._db.execute(f"SELECT pg_advisory_unlock({PG_LOCK_KEY})")
@@ -337,52 +335,8 @@ class Store:
         except Exception as exc:
             self.close()
             raise DatabaseError(f"cannot open database {self.url}: {_describe(exc)}") from exc
-
-    def _check_ours(self, tables: dict[str, set[str]]) -> None:
-        """Refuse, before changing anything, a database that belongs to another application."""
-        names = {t for t in tables if not t.startswith("sqlite_")}
-        if names and not names & OWN_TABLES:
-            listed = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
-            raise DatabaseError(
-                f"{self.url} holds another application's tables ({listed}) and none of dicom-db's: "
-                "refusing to add tables to it; give a new database"
-            )
-        # The columns of the first release: later ones are added by the upgrade.
-        for table in registry.TABLE_NAMES:
-            fields = registry.written(table, since=1)
-            missing = [f for f in fields if table in tables and f not in tables[table]]
-            if missing:
-                raise DatabaseError(
-                    f"{self.url} has a table {table} without the columns {', '.join(missing)}: "
-                    "not a dicom-db database (or one this version cannot upgrade)"
-                )
-
-    def _upgrade(self, columns: set[str]) -> None:
-        for column, kind in SOURCE_ADDED.items():
-            if column not in columns:
-                self._db.execute(f'ALTER TABLE "SourceFile" ADD COLUMN "{column}" {kind}')  # type: ignore[union-attr]
-
-    def _add_uid_hashes(self, tables: dict[str, set[str]]) -> None:
-        """A database made before the UID digest columns existed gets them, filled, in one transaction."""
-        db = self.db
-        missing = []
-        for table, (uid, digest) in UID_HASHES.items():
-            # From the catalog, not `SELECT "column"`: SQLite reads an unknown double-quoted name as a string.
-            if digest not in tables.get(table, set()):
-                missing.append((table, uid, digest))
-        if not missing:
-            return
-        db.execute("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
-        try:
-            for table, uid, digest in missing:
-                db.execute(f'ALTER TABLE "{table}" ADD COLUMN "{digest}" TEXT')
-                column = f'"{uid}"'
-                db.execute(f'UPDATE "{table}" SET "{digest}" = {db.uid_hash_sql(column)}')
-            db.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
-        _log().info("added the UID digest columns to %s", ", ".join(t for t, _, _ in missing))
+        if done:
+            _log().info("upgraded %s: %s", self.url, "; ".join(done))
 
     def close(self) -> None:
         db, self._db = self._db, None
@@ -429,12 +383,20 @@ class Store:
         """Header hash -> (PatientID, StudyInstanceUID)."""
         return {r[0]: (r[1], r[2]) for r in self._fetch_in(SELECT_HEADERS, hashes)}
 
-    def study_variants(self, studies: Sequence[str]) -> list[tuple[str, str, str, str]]:
-        """(StudyInstanceUID, patient JSON, study JSON, last path) per distinct header of the studies' owner files."""
-        return self._fetch_in(SELECT_STUDY_VARIANTS.replace("{collate}", self.collate), studies)  # type: ignore[return-value]
+    def study_variants(self, studies: Sequence[str], mapping: int) -> list[tuple[str, str, str, str]]:
+        """(StudyInstanceUID, patient JSON, study JSON, last path) per distinct header of the studies' owner files
+        read under `mapping` or a later one."""
+        return self._fetch_in(self._variants(SELECT_STUDY_VARIANTS, mapping), studies)  # type: ignore[return-value]
 
-    def patient_variants(self, patients: Sequence[str]) -> list[tuple[str, str, str, str]]:
-        return self._fetch_in(SELECT_PATIENT_VARIANTS.replace("{collate}", self.collate), patients)  # type: ignore[return-value]
+    def patient_variants(self, patients: Sequence[str], mapping: int) -> list[tuple[str, str, str, str]]:
+        return self._fetch_in(self._variants(SELECT_PATIENT_VARIANTS, mapping), patients)  # type: ignore[return-value]
+
+    def _variants(self, template: str, mapping: int) -> str:
+        return template.replace("{collate}", self.collate).replace("{mapping}", str(int(mapping)))
+
+    def stale_paths(self, mapping: int) -> list[str]:
+        """Stored paths of the files holding an instance that were read under an older mapping, in path order."""
+        return [r[0] for r in self._fetch(SELECT_STALE.replace("{mapping}", str(int(mapping))))]
 
     def _fetch_in(self, template: str, keys: Sequence[str]) -> list[tuple[Any, ...]]:
         """Run a `... IN ({keys})` query over `keys`, 500 bound parameters at a time."""
@@ -496,9 +458,9 @@ def with_hash(rows: Iterable[dict[str, Any]], table: str) -> Iterator[dict[str, 
         yield {**row, digest: uid_hash(row[uid])}
 
 
-def schema_statements(dialect: str) -> list[str]:
-    """schema.sql split into statements, adapted to the dialect."""
-    text = SCHEMA_PATH.read_text()
+def schema_statements(dialect: str, path: Path = SCHEMA_PATH) -> list[str]:
+    """schema.sql (or another version of it) split into statements, adapted to the dialect."""
+    text = path.read_text()
     text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
     if dialect == "postgresql":
         text = text.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")

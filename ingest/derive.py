@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dicom_db.ingest import db as q
+from dicom_db.ingest.migrate import MAPPING_VERSION
 from dicom_db.ingest.paths import from_text, to_text
 
 if TYPE_CHECKING:
@@ -157,6 +158,7 @@ class _Batch:
                     "Reason": None if sop else r.reason,
                     "Header": item.parsed.header if sop else None,
                     "ContentHash": item.parsed.content if sop else None,
+                    "MappingVersion": MAPPING_VERSION,
                 }
             )
         dropped = [p for p in gone if p in previous]
@@ -181,15 +183,16 @@ class _Batch:
         holders: dict[str, list[tuple[str, str, str | None, str | None, str | None]]] = {}
         wanted: set[str] = set()
         vanished: set[str] = set()
-        for sop, path, status, reason, header, content, *recorded in store.holders(sorted(self.sops)):
+        for sop, path, status, reason, header, content, mapping, *recorded in store.holders(sorted(self.sops)):
             if path not in self.in_hand and path not in self.reread_done:
                 # A file outside this batch (or outside the folders walked) is believed only while it is on
-                # disk as it was read: never let a moved or rewritten file decide who holds an instance.
+                # disk as it was read: never let a moved or rewritten file decide who holds an instance. Nor one
+                # read under an older mapping: its content hash cannot be compared with a current read's.
                 now = _stat(path)
                 if now is None:
                     vanished.add(path)
                     continue
-                if now != tuple(recorded):
+                if now != tuple(recorded) or mapping < MAPPING_VERSION:
                     wanted.add(path)
             holders.setdefault(sop, []).append((path, status, reason, header, content))
         if wanted or vanished:
@@ -270,9 +273,9 @@ class _Batch:
             self.patients.add(patient)
         self.studies.update(row["StudyInstanceUID"] for row in self.series_rows.values())
         self.patients.update(store.study_patients(sorted(self.studies)).values())
-        self.study_rows = _merged(store.study_variants(sorted(self.studies)), 2, q.STUDY_FIELDS)
+        self.study_rows = _merged(store.study_variants(sorted(self.studies), MAPPING_VERSION), 2, q.STUDY_FIELDS)
         self.patients.update(row["PatientID"] for row in self.study_rows.values())
-        self.patient_rows = _merged(store.patient_variants(sorted(self.patients)), 1, q.PATIENT_FIELDS)
+        self.patient_rows = _merged(store.patient_variants(sorted(self.patients), MAPPING_VERSION), 1, q.PATIENT_FIELDS)
         self._hierarchy_conflicts()
 
     def _hierarchy_conflicts(self) -> None:

@@ -22,6 +22,7 @@ from typing import NamedTuple
 from dicom_db.ingest.db import DELETE_UNUSED_HEADERS, PATIENT_FIELDS, STUDY_FIELDS, IndexedFile, Store
 from dicom_db.ingest.derive import DUPLICATE, FAILED, INGESTED, NOT_DICOM, FoundFile, Item, Parsed, apply_batch
 from dicom_db.ingest.limits import DEFAULT_FILE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES
+from dicom_db.ingest.migrate import MAPPING_VERSION
 from dicom_db.ingest.paths import from_text, to_text
 
 UNCHANGED, NOT_REACHED = "unchanged", "not_reached"
@@ -128,6 +129,25 @@ def walk(paths: Iterable[str]) -> Walk:
     found.sort()  # by path (unique now, so the other fields never decide)
     bad.sort()
     return Walk(found, bad, roots, kept, unlisted, started_ns)
+
+
+def stale(store: Store) -> Walk:
+    """The files recorded as holding an instance that were read under an older mapping, wherever they are, as a
+    walk under no folder, so that nothing is taken as gone (`dicom-ingest --upgrade`)."""
+    started_ns = time.time_ns()
+    found: list[FoundFile] = []
+    bad: list[Outcome] = []
+    kept: set[str] = set()
+    for text in store.stale_paths(MAPPING_VERSION):
+        path = from_text(text)
+        try:
+            st = os.stat(path)
+        except OSError as exc:  # its rows stay as they are: an ingest over its folder releases them if it is gone
+            bad.append(Outcome(text, FAILED, f"cannot be read again: {exc.strerror}"))
+            kept.add(text)
+            continue
+        found.append(FoundFile(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+    return Walk(found, bad, [], kept, [], started_ns)
 
 
 def _under(path: str, folders: list[str]) -> bool:
@@ -245,7 +265,8 @@ class Ingest:
         return self.summary
 
     def _changed(self, found: list[FoundFile]) -> list[FoundFile]:
-        """The files to parse: new, changed (size, mtime, inode or ctime), or failed last time."""
+        """The files to parse: new, changed (size, mtime, inode or ctime), failed last time, or holding an
+        instance whose rows were read under an older mapping (a not-DICOM file stays what it was)."""
         todo: list[FoundFile] = []
         unchanged = 0
         index = self._index
@@ -259,6 +280,7 @@ class Ingest:
                 and known.inode == f.inode
                 and known.ctime_ns == f.ctime_ns
                 and known.status in SKIPPABLE
+                and (known.mapping >= MAPPING_VERSION or known.status == NOT_DICOM)
             ):
                 if known.status == NOT_DICOM:
                     self.summary.add(Outcome(text, NOT_DICOM, "unchanged since it was found not to be DICOM"))

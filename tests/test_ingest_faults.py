@@ -136,7 +136,8 @@ def test_unreadable_file(tmp_path: Path) -> None:
         (["{tree}", "--db", "not a url"], "unsupported database URL"),
         (["{tree}", "--jobs", "0"], "--jobs and --batch-size must be at least 1"),
         (["{tree}", "--jobs", "two"], "invalid int value: 'two'"),
-        ([], "the following arguments are required: PATH"),
+        ([], "give the files or folders to ingest (PATH), or --upgrade"),
+        (["{tree}", "--upgrade"], "--upgrade takes no PATH"),
     ],
 )
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
