@@ -714,14 +714,16 @@ def _item(ds: Dataset | None, keyword_or_tag: str | int, charset: Any) -> Datase
 
 
 def _group_element(ds: Dataset, keyword_or_tag: str | int, charset: Any) -> tuple[Any, str | None]:
-    """The element's value and VR, as `_get` converts them; (None, None) when absent."""
+    """The element's value and VR, as `_get` converts them; (None, None) when absent. The converted element
+    is kept in `ds` (a dataset of this reading only): a macro serves several columns, its sequence is parsed
+    once."""
     tag = keyword_or_tag if isinstance(keyword_or_tag, int) else _GROUP_TAGS[keyword_or_tag]
     elem = ds._dict.get(tag)
     if elem is None:
         return None, None
     if isinstance(elem, RawDataElement):
         try:
-            elem = convert_raw_data_element(elem, encoding=charset, ds=ds)
+            elem = ds._dict[tag] = convert_raw_data_element(elem, encoding=charset, ds=ds)
         except (ValueError, OverflowError):
             if elem.VR not in ("IS", "DS", None) or not isinstance(elem.value, bytes):
                 raise
@@ -778,7 +780,7 @@ def _functional_groups(path: str, deflated: bool) -> tuple[Dataset | None, Datas
             reason = _one_line(exc)
         except Exception as exc:  # pydicom raises many kinds on corrupt input
             reason = f"{type(exc).__name__}: {_one_line(exc)}"
-        if fh.truncated or fh.tell() >= fh.size:
+        if fh.truncated or (not deflated and fh.tell() >= fh.size):
             raise _Failed("truncated: an element runs past the end of the file, in the functional groups")
         raise _Failed(f"cannot parse the functional groups: {reason}")
 

@@ -21,12 +21,14 @@ from conftest import SHARED_DATA, TEST_FILES, run_ingest
 from dicom_factory import write_series
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     EnhancedCTImageStorage,
     EnhancedMRImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    MRImageStorage,
 )
 
 from dicom_db.ingest import reader
@@ -36,12 +38,23 @@ FRAMES = 3
 
 # The classic attributes an Enhanced CT keeps in its Shared Functional Groups: macro -> {attribute in the
 # macro's item: the classic attribute whose value it holds}.
-SHARED_MACROS: dict[str, dict[str, str]] = {
-    "PixelMeasuresSequence": {"PixelSpacing": "PixelSpacing", "SliceThickness": "SliceThickness"},
+COMMON_MACROS: dict[str, dict[str, str]] = {
+    "PixelMeasuresSequence": {
+        "PixelSpacing": "PixelSpacing",
+        "SliceThickness": "SliceThickness",
+        "SpacingBetweenSlices": "SpacingBetweenSlices",
+    },
     "PlaneOrientationSequence": {"ImageOrientationPatient": "ImageOrientationPatient"},
     "PixelValueTransformationSequence": {"RescaleIntercept": "RescaleIntercept", "RescaleSlope": "RescaleSlope"},
+}
+CT_MACROS: dict[str, dict[str, str]] = {
+    **COMMON_MACROS,
     "CTXRayDetailsSequence": {"KVP": "KVP"},
-    "CTExposureSequence": {"ExposureTimeInms": "ExposureTime"},
+    "CTExposureSequence": {
+        "ExposureTimeInms": "ExposureTime",
+        "XRayTubeCurrentInmA": "XRayTubeCurrent",
+        "ExposureInmAs": "Exposure",
+    },
     "CTReconstructionSequence": {
         "ConvolutionKernel": "ConvolutionKernel",
         "ReconstructionDiameter": "ReconstructionDiameter",
@@ -52,6 +65,14 @@ SHARED_MACROS: dict[str, dict[str, str]] = {
         "RotationDirection": "RotationDirection",
     },
 }
+# An Enhanced MR's.
+MR_MACROS: dict[str, dict[str, str]] = {
+    **COMMON_MACROS,
+    "MRTimingAndRelatedParametersSequence": {"RepetitionTime": "RepetitionTime", "FlipAngle": "FlipAngle"},
+    "MREchoSequence": {"EffectiveEchoTime": "EchoTime"},
+}
+# FD in the macros where the classic attribute is a DS or an IS.
+FD_ATTRIBUTES = {"ExposureTimeInms", "XRayTubeCurrentInmA", "ExposureInmAs", "EffectiveEchoTime"}
 # ...and per frame: each frame's position and acquisition date and time.
 PER_FRAME_MOVED = ("ImagePositionPatient", "AcquisitionDate", "AcquisitionTime")
 
@@ -64,8 +85,20 @@ SYNTAXES = {
 FAST_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
-def classic_series(folder: Path, name: str = "mf") -> list[Path]:
-    """A classic CT series of FRAMES slices, with every attribute a functional group can hold. SliceLocation
+# What the classic series hold besides write_series' attributes.
+CT_EXTRA: dict[str, Any] = dict(
+    ReconstructionDiameter=250,
+    TableHeight=152.5,
+    GantryDetectorTilt=0,
+    RotationDirection="CW",
+    XRayTubeCurrent=250,
+    Exposure=125,
+)
+MR_EXTRA: dict[str, Any] = dict(EchoTime="4.6", RepetitionTime="2000", FlipAngle="90", MagneticFieldStrength="3")
+
+
+def classic_series(folder: Path, name: str = "mf", modality: str = "CT") -> list[Path]:
+    """A classic CT (or MR) series of FRAMES slices, with every attribute a functional group can hold. SliceLocation
     is left empty: no functional group holds it (an enhanced image has none). So is PixelPaddingValue, whose
     VR (US or SS) implicit VR leaves to the reference path: the implicit VR files here go the fast way."""
     return write_series(
@@ -73,12 +106,12 @@ def classic_series(folder: Path, name: str = "mf") -> list[Path]:
         study=f"{name}/study",
         series=f"{name}/series",
         count=FRAMES,
+        modality=modality,
+        SOPClassUID=CTImageStorage if modality == "CT" else MRImageStorage,
+        SpacingBetweenSlices=1.25,
+        **(CT_EXTRA if modality == "CT" else MR_EXTRA),
         SliceLocation=None,
         PixelPaddingValue=None,
-        ReconstructionDiameter=250,
-        TableHeight=152.5,
-        GantryDetectorTilt=0,
-        RotationDirection="CW",
     )
 
 
@@ -97,19 +130,20 @@ def enhanced_from(
     per_frame_only: bool = False,
     undefined_length: bool = False,
     frames: int | None = None,
+    macros: dict[str, dict[str, str]] = CT_MACROS,
+    sop_class: str = EnhancedCTImageStorage,
 ) -> Path:
-    """An Enhanced CT holding the classic `slices` as frames: the first slice's top level without the moved
-    attributes, the shared macros in the Shared item (or in every Per-frame item: `per_frame_only`), each
-    slice's position and acquisition date and time in its Per-frame item. `frames` repeats the last slice's
-    item to make a long Per-frame sequence."""
+    """An Enhanced CT (or MR: `macros`, `sop_class`) holding the classic `slices` as frames: the first slice's
+    top level without the moved attributes, the shared macros in the Shared item (or in every Per-frame item:
+    `per_frame_only`), each slice's position and acquisition date and time in its Per-frame item. `frames`
+    repeats the last slice's item to make a long Per-frame sequence."""
     classic = [pydicom.dcmread(p) for p in slices]
     ds = Dataset(copy.deepcopy(classic[0]))  # a plain dataset, which pydicom writes in any byte order
     ds.file_meta = copy.deepcopy(classic[0].file_meta)
     shared = Dataset()
-    for macro, moved in SHARED_MACROS.items():
+    for macro, moved in macros.items():
         values = {attr: ds[keyword].value for attr, keyword in moved.items()}
-        if "ExposureTimeInms" in values:
-            values["ExposureTimeInms"] = float(values["ExposureTimeInms"])  # FD, where ExposureTime is IS
+        values.update({attr: float(value) for attr, value in values.items() if attr in FD_ATTRIBUTES})
         setattr(shared, macro, [_item(**values)])
     per_frame = []
     for slice_ in classic + classic[-1:] * max(0, (frames or 0) - len(classic)):
@@ -120,10 +154,10 @@ def enhanced_from(
         if per_frame_only:
             item.update(copy.deepcopy(shared))
         per_frame.append(item)
-    for keyword in {kw for moved in SHARED_MACROS.values() for kw in moved.values()} | {*PER_FRAME_MOVED}:
+    for keyword in {kw for moved in macros.values() for kw in moved.values()} | {*PER_FRAME_MOVED}:
         del ds[keyword]
     del ds["SliceLocation"]
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
     ds.NumberOfFrames = len(per_frame)
     ds.SharedFunctionalGroupsSequence = [] if per_frame_only else [shared]
     ds.PerFrameFunctionalGroupsSequence = per_frame
@@ -159,7 +193,7 @@ def assert_same_rows_as_classic(classic_db: Path, enhanced_db: Path) -> None:
     (enhanced,) = table_rows(enhanced_db, "SliceMetadata")
     differ = {"SliceID", "SOPClassUID", "NumberOfFrames", "TransferSyntaxUID"}  # the classic files are explicit VR
     assert {k: v for k, v in enhanced.items() if k not in differ} == {k: v for k, v in first.items() if k not in differ}
-    assert enhanced["SOPClassUID"] == EnhancedCTImageStorage
+    assert enhanced["SOPClassUID"] in FUNCTIONAL_GROUP_SOP_CLASSES
     # one row for the instance, its frames counted (a classic image has no NumberOfFrames)
     assert first["NumberOfFrames"] is None
     assert enhanced["NumberOfFrames"] >= len(table_rows(classic_db, "SliceMetadata"))
@@ -183,6 +217,20 @@ def test_an_enhanced_ct_gives_the_rows_of_the_classic_series(tmp_path: Path, syn
     assert_same_rows_as_classic(ingest(tmp_path / "classic"), ingest(tmp_path / "enhanced"))
 
 
+@pytest.mark.parametrize("syntax", FAST_SYNTAXES, ids=["explicit VR", "implicit VR"])
+def test_an_enhanced_mr_gives_the_rows_of_the_classic_series(tmp_path: Path, syntax: str) -> None:
+    slices = classic_series(tmp_path / "classic", modality="MR")
+    enhanced = enhanced_from(
+        slices, tmp_path / "enhanced" / "mr.dcm", syntax=syntax, macros=MR_MACROS, sop_class=EnhancedMRImageStorage
+    )
+    assert_both_paths_agree(enhanced, fast_expected=True)
+    db = ingest(tmp_path / "enhanced")
+    assert_same_rows_as_classic(ingest(tmp_path / "classic"), db)
+    (slice_,) = table_rows(db, "SliceMetadata")
+    assert (slice_["EchoTime"], slice_["RepetitionTime"], slice_["FlipAngle"]) == (4.6, 2000.0, 90.0)
+    assert (slice_["SpacingBetweenSlices"], slice_["MagneticFieldStrength"]) == (1.25, 3.0)
+
+
 def test_the_geometry_is_the_first_frames_and_a_slice_thickness_filter_finds_it(tmp_path: Path) -> None:
     slices = classic_series(tmp_path / "classic")
     enhanced_from(slices, tmp_path / "enhanced" / "ct.dcm", syntax=ImplicitVRLittleEndian)
@@ -196,6 +244,7 @@ def test_the_geometry_is_the_first_frames_and_a_slice_thickness_filter_finds_it(
     (slice_,) = table_rows(db, "SliceMetadata")
     assert (slice_["SliceThickness"], slice_["RescaleIntercept"], slice_["RescaleSlope"]) == (1.25, -1024.0, 1.0)
     assert (slice_["AcquisitionDate"], slice_["AcquisitionTime"]) == ("2021-03-15", "10:16:00")
+    assert (slice_["XRayTubeCurrent"], slice_["Exposure"], slice_["NumberOfFrames"]) == (250, 125, FRAMES)
     with sqlite3.connect(db) as conn:
         thin = conn.execute('SELECT count(*) FROM "Series" WHERE "SliceThicknessValue" < 2').fetchone()
     assert thin == (1,)
@@ -375,9 +424,8 @@ def test_a_real_scanners_enhanced_file() -> None:
         pytest.skip(f"no enhanced multi-frame image among the scanner files in {SHARED_DATA} (all classic)")
     for path in files:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        measures = ds.SharedFunctionalGroupsSequence[0].get(
-            "PixelMeasuresSequence"
-        ) or ds.PerFrameFunctionalGroupsSequence[0].get("PixelMeasuresSequence")
+        groups = [*ds.SharedFunctionalGroupsSequence, ds.PerFrameFunctionalGroupsSequence[0]]
+        measures = next(group.PixelMeasuresSequence for group in groups if "PixelMeasuresSequence" in group)
         result = read_file(str(path))
         assert result == read_reference(str(path)), path
         assert result.series["PixelSpacing"] == "\\".join(map(str, measures[0].PixelSpacing)), path
