@@ -456,6 +456,16 @@ class Database:
         rows = await self.fetch(sql, {**where.values, "parents": json_list(parents)})
         return {parent: int(n) for parent, n in rows}
 
+    async def frame_counts(self, series: Sequence[Any]) -> dict[Any, int]:
+        """Per series: its images, an instance of several frames counting its frames (NumberOfFrames)."""
+        member = self.dialect.in_values('t0."SeriesInstanceUID"', ":parents", Kind.STRING)
+        sql = (
+            'SELECT t0."SeriesInstanceUID", SUM(CASE WHEN t0."NumberOfFrames" > 1 THEN t0."NumberOfFrames" ELSE 1 END) '
+            f'FROM "SliceMetadata" t0 WHERE {member} GROUP BY t0."SeriesInstanceUID"'
+        )
+        rows = await self.fetch(sql, {"parents": json_list(series)})
+        return {parent: int(n) for parent, n in rows}
+
     async def groups(
         self, table: Table, where: Fragment, column: str, date_part: str | None, limit: int, view: str = ""
     ) -> list[tuple[Any, int]]:

@@ -63,6 +63,7 @@ class Loaders:
         self.rows: DataLoader[RowKey, Any] = DataLoader(self._load_rows)
         self.pages: DataLoader[PageKey, Page] = DataLoader(self._load_pages)
         self.counts: DataLoader[CountKey, int] = DataLoader(self._load_counts)
+        self.frames: DataLoader[Any, int] = DataLoader(self._load_frames)
         self.groups: DataLoader[GroupKey, list[tuple[Any, int]]] = DataLoader(self._load_groups)
         # SOPInstanceUID -> (stored path, size) of the file the instance's row comes from, or None
         self.files: DataLoader[str, tuple[str, int] | None] = DataLoader(self._load_files)
@@ -123,6 +124,10 @@ class Loaders:
                 fingerprint=spec.fingerprint,
             )
         return pages
+
+    async def _load_frames(self, series: list[Any]) -> list[int]:
+        found = await self.db.frame_counts(sorted(set(series)))
+        return [found.get(key, 0) for key in series]
 
     async def _load_counts(self, keys: list[CountKey]) -> list[int]:
         parents: dict[tuple[str, Fragment], list[Any]] = defaultdict(list)

@@ -452,6 +452,14 @@ class Series:
     async def slice_count(self, info: Ctx) -> int:
         return await info.context.loaders.counts.load((SLICE.name, _ALL, self._row[_SERIES_UID]))
 
+    @strawberry.field(
+        description="Number of images in this series: an instance of several frames (an enhanced multi-frame "
+        "image) counts its frames, any other instance one; so a classic series and its enhanced form count the "
+        "same, where `sliceCount` counts instances (rows)."
+    )
+    async def frame_count(self, info: Ctx) -> int:
+        return await info.context.loaders.frames.load(self._row[_SERIES_UID])
+
     @strawberry.field(description="The series' slices, by default in slice-number order.")
     def slices(
         self,

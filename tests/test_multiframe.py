@@ -10,6 +10,7 @@ frame's values (docs/ingest.md, "Enhanced multi-frame images").
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sqlite3
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import pydicom
 import pytest
+from api_helpers import serve
 from conftest import SHARED_DATA, TEST_FILES, run_ingest
 from dicom_factory import write_series
 from pydicom.dataset import Dataset
@@ -430,3 +432,19 @@ def test_a_real_scanners_enhanced_file() -> None:
         assert result == read_reference(str(path)), path
         assert result.series["PixelSpacing"] == "\\".join(map(str, measures[0].PixelSpacing)), path
         assert result.series["ImagePositionPatient"], path
+
+
+def test_a_classic_series_and_its_enhanced_form_count_the_same_images(tmp_path: Path) -> None:
+    """One row per instance: `sliceCount` counts rows (1 for the enhanced file), `frameCount` counts images, the
+    same for both forms; and a slice thickness filter finds the series in both forms."""
+    slices = classic_series(tmp_path / "classic")
+    enhanced_from(slices, tmp_path / "enhanced" / "ct.dcm")
+    counts = []
+    for db in (ingest(tmp_path / "classic"), ingest(tmp_path / "enhanced")):
+        with contextlib.contextmanager(serve)(f"sqlite:///{db}") as api:
+            data = api.data("{ allSeries(where: { sliceThickness: { gte: 1 } }) { nodes { sliceCount frameCount } } }")
+        counts.append(data["allSeries"]["nodes"])
+    assert counts == [
+        [{"sliceCount": len(slices), "frameCount": len(slices)}],
+        [{"sliceCount": 1, "frameCount": len(slices)}],
+    ]
