@@ -1,1 +1,0 @@
-"""The data model shared by the ingest and the API: the column registry (`dicom_db.model.registry`)."""
