@@ -125,8 +125,7 @@ DELETE_UNUSED_HEADERS = (
 SELECT_FILE_INDEX = 'SELECT "Path", "Size", "MtimeNs", "Inode", "CtimeNs", "Status", "MappingVersion" FROM "SourceFile"'
 # Files holding an instance that were read under an older mapping than the current one (`dicom-ingest --upgrade`)
 SELECT_STALE = (
-    'SELECT "Path" FROM "SourceFile" WHERE "Status" IN (\'ingested\', \'duplicate\') AND "MappingVersion" < {mapping} '
-    'ORDER BY "Path"'
+    'SELECT "Path" FROM "SourceFile" WHERE "Status" IN (\'ingested\', \'duplicate\') AND "MappingVersion" < {mapping}'
 )
 SELECT_SOURCES = 'SELECT "Path", "Status", "SOPInstanceUID", "Header" FROM "SourceFile" WHERE "Path" IN ({keys})'
 SELECT_HOLDERS = (
@@ -395,7 +394,7 @@ class Store:
         return template.replace("{collate}", self.collate).replace("{mapping}", str(int(mapping)))
 
     def stale_paths(self, mapping: int) -> list[str]:
-        """Stored paths of the files holding an instance that were read under an older mapping, in path order."""
+        """Stored paths of the files holding an instance that were read under an older mapping."""
         return [r[0] for r in self._fetch(SELECT_STALE.replace("{mapping}", str(int(mapping))))]
 
     def _fetch_in(self, template: str, keys: Sequence[str]) -> list[tuple[Any, ...]]:

@@ -147,6 +147,7 @@ def stale(store: Store) -> Walk:
             kept.add(text)
             continue
         found.append(FoundFile(path, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+    found.sort()  # in the order a walk gives (PostgreSQL's ORDER BY follows the locale)
     return Walk(found, bad, [], kept, [], started_ns)
 
 
