@@ -11,6 +11,9 @@ One schema extension, `QueryGuard`, made per request:
 - execute, before any resolver: variables are coerced (suggestions hidden), the node budget is computed
   (`Cost`: GitHub's method, the product of page sizes down each path, summed) and, for a de-identified token,
   any filter, ordering or facet on a masked field is refused. A refusal answers without executing: no SQL runs.
+  A request over `heavy_nodes` is not executed either when its view serves heavy requests elsewhere (the
+  context's `offload`): its node count is noted in the context, for the view to hand it to a heavy process
+  (api.heavy).
 
 Strawberry's QueryDepthLimiter and MaxAliasesLimiter are not used: they expand a fragment again at every spread,
 so a few hundred bytes of fragments spreading one another twice keep them busy for minutes. Here a fragment is
