@@ -97,7 +97,8 @@ class HeavyRequests:
     inside the pool: a process has started when a no-op task given to the pool has run (pebble gives a task to
     a process once its initializer is done), and a killed one is replaced the same way. A request that finds no
     free process waits (within its time limit) if one is starting and no other request waits for it, and is
-    refused otherwise."""
+    refused otherwise. (With several processes starting at once, the first one up may run the others' no-op
+    tasks too: a request may then wait in the pool for a process still starting, within its time limit.)"""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

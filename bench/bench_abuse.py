@@ -200,8 +200,10 @@ def hostile_process(url: str, abusers: int, start: Any, out: Any) -> None:
     async def all_clients() -> None:
         await asyncio.gather(*(hostile_client(url, stop, codes, seconds, 1000 + i) for i in range(abusers)))
 
+    cpu = os.times()
     asyncio.run(all_clients())
-    out.put((dict(codes), seconds))
+    after = os.times()
+    out.put((dict(codes), seconds, after.user - cpu.user + after.system - cpu.system))
 
 
 async def normal_client(url: str, stop: float, seed: int, smp: Any, out: dict[str, Any]) -> None:
@@ -294,7 +296,7 @@ def run(server: Server, db: Path, clients: int, abusers: int, duration: float) -
     elapsed = time.monotonic() - start
     after = os.times()
     health, health_failures = health_out.get(timeout=300)
-    codes, hostile_seconds = hostile_out.get(timeout=300) if abusers else ({}, {})
+    codes, hostile_seconds, hostile_cpu = hostile_out.get(timeout=300) if abusers else ({}, {}, 0.0)
     for process in others:
         process.join()
     limit = server.timeout + 1
@@ -325,6 +327,7 @@ def run(server: Server, db: Path, clients: int, abusers: int, duration: float) -
         "server_peak_rss_mb": round(server.peak_rss / 2**20),
         "server_cpu_s": round(server.cpu_seconds() - server_cpu, 1),
         "client_cpu_s": round(after.user - cpu.user + after.system - cpu.system, 1),
+        "hostile_client_cpu_s": round(hostile_cpu, 1),
         "load_before": round(load_before, 2),
         "load_after": round(os.getloadavg()[0], 2),
     }
@@ -337,8 +340,8 @@ def report(name: str, result: dict[str, Any]) -> None:
         f"{h['failures']} failed); normal {n['requests']} requests, p50 {n['p50_ms']} ms p99 {n['p99_ms']} ms "
         f"max {n['max_ms']} ms, {n['failures']} failed, {n['requests_per_s']} req/s; over the time limit + 1 s: "
         f"{result['over_time_limit_plus_1s']}; server peak RSS {result['server_peak_rss_mb']} MB, CPU "
-        f"{result['server_cpu_s']} s; clients' CPU {result['client_cpu_s']} s; load {result['load_before']} -> "
-        f"{result['load_after']}",
+        f"{result['server_cpu_s']} s; clients' CPU {result['client_cpu_s']} s, hostile clients' "
+        f"{result['hostile_client_cpu_s']} s; load {result['load_before']} -> {result['load_after']}",
         flush=True,
     )
     for reason, count in n["failure_reasons"].items():
