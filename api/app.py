@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -33,13 +34,14 @@ from strawberry.http import GraphQLHTTPResponse
 from strawberry.schema import BaseSchema
 from strawberry.types import ExecutionResult
 
-from dicom_db.api.auth import RequireToken, describe_tokens, principal_of
+from dicom_db.api.auth import PRINCIPAL_KEY, RequireToken, describe_tokens, principal_of
 from dicom_db.api.browser import browser_page
 from dicom_db.api.columns import STUDY
 from dicom_db.api.db import Database
 from dicom_db.api.execution import ResponseTooLarge, encode_response, response_too_large
 from dicom_db.api.files import Files
 from dicom_db.api.graphiql import STATIC, graphiql_response
+from dicom_db.api.heavy import HeavyAnswer, HeavyBusy, HeavyRequest, HeavyRequests, too_many_requests
 from dicom_db.api.http import (
     BadRequest,
     BodyTooLarge,
@@ -121,12 +123,16 @@ STUDY_DATE_ORDER = """(
 
 class GraphQLApp(GraphQL[Context, None]):
     """Strawberry's ASGI view with this API's context: the request's access level, fresh loaders, one database
-    session (one connection, one snapshot) and the time limit."""
+    session (one connection, one snapshot) and the time limit; with `heavy`, requests over `heavyNodes` are
+    served by its processes (api.heavy)."""
 
-    def __init__(self, schema: BaseSchema, *, database: Database, settings: Settings) -> None:
+    def __init__(
+        self, schema: BaseSchema, *, database: Database, settings: Settings, heavy: HeavyRequests | None = None
+    ) -> None:
         super().__init__(schema, graphql_ide="graphiql" if settings.graphiql else None)
         self.database = database
         self.settings = settings
+        self.heavy = heavy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Strawberry's view, with the body limited in size and every refusal as JSON with a code (Strawberry
@@ -162,7 +168,8 @@ class GraphQLApp(GraphQL[Context, None]):
             raise HTTPException(401, "Authentication required")
         access = Access(principal.level, self.database.pseudonyms)
         # The time limit runs from here: execution (api.execution checks it) and the encoding of the response.
-        deadline = asyncio.get_running_loop().time() + self.settings.timeout
+        # A heavy process (api.heavy) gets the deadline its worker set.
+        deadline = getattr(request.state, DEADLINE, None) or asyncio.get_running_loop().time() + self.settings.timeout
         if isinstance(request, Request):
             setattr(request.state, DEADLINE, deadline)
         return Context(
@@ -173,9 +180,13 @@ class GraphQLApp(GraphQL[Context, None]):
             loaders=Loaders(self.database, partial(make_node, access=access)),
             access=access,
             deadline=deadline,
+            offload=self.heavy is not None,
         )
 
     async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
+        if isinstance(result, Relayed):  # a heavy process's answer, encoded there
+            answer = result.answer
+            return Encoded({}, answer.body, answer.status, answer.content_type or "application/json")  # type: ignore[typeddict-item]
         # The last word on errors. MaskErrors masks what resolvers raise, but an exception raised in an
         # extension's hook (a bug in api.limits, say) skips the hooks' post-processing, MaskErrors' included.
         if self.settings.mask_errors and result.errors:
@@ -207,9 +218,10 @@ class GraphQLApp(GraphQL[Context, None]):
 
     def create_response(self, response_data: Any, sub_response: Response) -> Response:
         response = super().create_response(response_data, sub_response)
-        if isinstance(response_data, Encoded) and response_data.media_type != "application/json":
-            response.status_code = response_data.status
-            response.headers["content-type"] = response_data.media_type
+        if isinstance(response_data, Encoded):
+            response.status_code = sub_response.status_code or response_data.status  # a refusal's own first
+            if response_data.media_type != "application/json":
+                response.headers["content-type"] = response_data.media_type
         return response
 
     def encode_json(self, data: object) -> str | bytes:
@@ -221,13 +233,49 @@ class GraphQLApp(GraphQL[Context, None]):
         async with self.database.request(deadline) as session:
             try:
                 async with asyncio.timeout_at(deadline) as timeout:
-                    return await super().execute_operation(*args, **kwargs)
+                    result = await super().execute_operation(*args, **kwargs)
             except TimeoutError:
                 if not timeout.expired():
                     raise
                 session.interrupt()  # the statements under way stop; the session ends as the block exits
                 log.warning("a request ran into the time limit of %g s and was stopped", self.settings.timeout)
                 return ExecutionResult(data=None, errors=[timeout_error(self.settings.timeout)])
+        if isinstance(context, Context) and context.heavy_nodes is not None:  # left by the guard: heavy
+            return await self._execute_heavy(kwargs["request"], context, kwargs["sub_response"])
+        return result
+
+    async def _execute_heavy(self, request: Request, context: Context, sub_response: Response) -> ExecutionResult:
+        """Serve a request that the guard found heavy in one of the worker's heavy processes (api.heavy)."""
+        heavy = self.heavy
+        assert heavy is not None and context.heavy_nodes is not None
+        principal = (request.scope.get("state") or {}).get(PRINCIPAL_KEY)
+        job = HeavyRequest(
+            method=request.method,
+            path=request.url.path,
+            query_string=request.scope.get("query_string", b""),
+            headers=list(request.scope["headers"]),
+            body=await request.body(),
+            state={PRINCIPAL_KEY: principal} if principal is not None else {},
+            table_rows=self.database.table_rows,
+            seconds=context.deadline - asyncio.get_running_loop().time(),
+        )
+        try:
+            answer = await heavy.serve(job, context.deadline)
+        except HeavyBusy as busy:
+            sub_response.status_code = 429
+            sub_response.headers["retry-after"] = str(busy.retry_after)
+            log.info("a heavy request (%d rows) was refused: the heavy processes are busy", context.heavy_nodes)
+            error = too_many_requests(heavy.size, context.heavy_nodes, self.settings.heavy_nodes, busy.retry_after)
+            return ExecutionResult(data=None, errors=[error])
+        except Exception as exc:  # the process died (killed by the system, say): this request's failure alone
+            log.error("a heavy request's process failed: %s: %s", type(exc).__name__, exc)
+            return ExecutionResult(data=None, errors=[GraphQLError("Unexpected error.")])
+        if answer is None:
+            log.warning(
+                "a heavy request ran into the time limit of %g s; its process was stopped", self.settings.timeout
+            )
+            return ExecutionResult(data=None, errors=[timeout_error(self.settings.timeout)])
+        return Relayed(data=None, errors=None, answer=answer)
 
     async def render_graphql_ide(self, request: Request) -> Response:
         principal = principal_of(request.scope, bool(self.settings.tokens))
@@ -243,11 +291,22 @@ class GraphQLApp(GraphQL[Context, None]):
 DEADLINE = "dicom_api_deadline"  # where a request's deadline (event-loop time) is kept in request.state
 
 
+@dataclass
+class Relayed(ExecutionResult):
+    """The answer of a heavy process (api.heavy), relayed as it is."""
+
+    answer: HeavyAnswer | None = None
+
+
 class Encoded(dict):  # type: ignore[type-arg]
     """A response and its JSON text, encoded by `GraphQLApp.process_result`, with its status and media type."""
 
     def __init__(
-        self, response: GraphQLHTTPResponse, text: str, status: int = 200, media_type: str = "application/json"
+        self,
+        response: GraphQLHTTPResponse,
+        text: str | bytes,
+        status: int = 200,
+        media_type: str = "application/json",
     ) -> None:
         super().__init__(response)
         self.text = text
@@ -289,18 +348,37 @@ def _masked(error: GraphQLError) -> GraphQLError:
     return GraphQLError("Unexpected error.", nodes=error.nodes, path=error.path)
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    settings = settings or Settings.from_env()
-    pseudonyms = Pseudonyms(settings.pseudonym_key)
-    database = Database(
+def _database(settings: Settings, pseudonyms: Pseudonyms) -> Database:
+    return Database(
         settings.database_url,
         pool_size=settings.pool_size,
         busy_timeout_ms=settings.busy_timeout_ms,
         pool_timeout=settings.pool_timeout,
         pseudonyms=pseudonyms,
     )
+
+
+async def heavy_view(settings: Settings) -> tuple[GraphQLApp, Database]:
+    """The GraphQL view of a heavy process (api.heavy), its database connected: its worker's settings (the
+    pseudonym key included, so that pseudonyms are the same), one connection, no heavy processes of its own.
+    Its worker has checked the token and the Authorization header already."""
+    settings = replace(settings, heavy_processes=0, pool_size=1)
+    database = _database(settings, Pseudonyms(settings.pseudonym_key))
+    await database.connect()
     schema = build_schema(settings, row_counts=lambda: database.table_rows)
-    graphql = GraphQLApp(schema, database=database, settings=settings)
+    return GraphQLApp(schema, database=database, settings=settings), database
+
+
+def create_app(settings: Settings | None = None, *, start_heavy_processes: bool = False) -> Starlette:
+    """The app; `start_heavy_processes`: at startup (a served worker), else at the first heavy request."""
+    settings = settings or Settings.from_env()
+    pseudonyms = Pseudonyms(settings.pseudonym_key)
+    database = _database(settings, pseudonyms)
+    schema = build_schema(settings, row_counts=lambda: database.table_rows)
+    heavy = None
+    if settings.heavy_processes:
+        heavy = HeavyRequests(replace(settings, pseudonym_key=pseudonyms.key))
+    graphql = GraphQLApp(schema, database=database, settings=settings, heavy=heavy)
     # With tokens, nothing reaches the GraphQL view (GraphiQL page included) without a valid one.
     endpoint: ASGIApp = RequireToken(graphql, settings.tokens) if settings.tokens else graphql
     thumbnails: ASGIApp = Thumbnails(database, settings)
@@ -317,10 +395,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         _log_access_settings(settings, pseudonyms)
         await database.connect()
         counting = asyncio.create_task(_count_rows_every(database, ROW_COUNT_INTERVAL))
+        if heavy is not None and start_heavy_processes:
+            heavy.start()
         try:
             yield
         finally:
             counting.cancel()
+            if heavy is not None:
+                await heavy.stop()
             await database.disconnect()
 
     async def healthz(request: Request) -> Response:

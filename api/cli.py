@@ -144,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("--max-where-size", "max_where_size", int, "input objects in an argument or variable (where)"),
         ("--pool-size", "pool_size", int, "database connections per worker (one per request being served)"),
         ("--pool-timeout", "pool_timeout", float, "seconds a request waits for a connection (then UNAVAILABLE)"),
+        ("--heavy-nodes", "heavy_nodes", int, "a request whose node count is over this runs in a heavy process"),
+        (
+            "--heavy-processes",
+            "heavy_processes",
+            int,
+            "processes per worker for heavy requests, one request each; more at once: TOO_MANY_REQUESTS; 0: "
+            "heavy requests run in the worker",
+        ),
     ):
         limits.add_argument(
             option,
@@ -211,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
 def worker_app() -> Starlette:
     """The app of one worker, from the command line `main` checked (uvicorn calls this in each worker)."""
     args = build_parser().parse_args(json.loads(os.environ.get(ARGV_ENV, "[]")))
-    return create_app(settings_from_args(args))
+    return create_app(settings_from_args(args), start_heavy_processes=True)
 
 
 def log_config(level: str) -> dict[str, Any]:

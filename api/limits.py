@@ -11,6 +11,9 @@ One schema extension, `QueryGuard`, made per request:
 - execute, before any resolver: variables are coerced (suggestions hidden), the node budget is computed
   (`Cost`: GitHub's method, the product of page sizes down each path, summed) and, for a de-identified token,
   any filter, ordering or facet on a masked field is refused. A refusal answers without executing: no SQL runs.
+  A request over `heavy_nodes` is not executed either when its view serves heavy requests elsewhere (the
+  context's `offload`): its node count is noted in the context, for the view to hand it to a heavy process
+  (api.heavy).
 
 Strawberry's QueryDepthLimiter and MaxAliasesLimiter are not used: they expand a fragment again at every spread,
 so a few hundred bytes of fragments spreading one another twice keep them busy for minutes. Here a fragment is
@@ -549,28 +552,33 @@ class QueryGuard(SchemaExtension):
     def on_execute(self) -> Iterator[None]:
         context = self.execution_context
         if context.result is None and context.graphql_document is not None:
-            errors = self._pre_execution_errors()
+            errors, nodes = self._pre_execution_errors()
+            # A result set here means "do not execute": Strawberry answers it as is.
             if errors:
-                # A result set here means "do not execute": Strawberry answers it as is.
                 context.result = ExecutionResult(data=None, errors=errors)
+            elif nodes > self.settings.heavy_nodes and getattr(context.context, "offload", False):
+                # Heavy: left to a process of its own (api.heavy), which the view (api.app) hands it to.
+                context.context.heavy_nodes = nodes
+                context.result = ExecutionResult(data=None)
         yield
 
-    def _pre_execution_errors(self) -> list[GraphQLError]:
+    def _pre_execution_errors(self) -> tuple[list[GraphQLError], int]:
+        """The errors that refuse the request before it runs, and its node count."""
         context = self.execution_context
         document = context.graphql_document
         assert document is not None
         schema = context.schema._schema
         operation = get_operation_ast(document, context.operation_name)
         if operation is None:
-            return []  # graphql-core explains which operation is missing
+            return [], 0  # graphql-core explains which operation is missing
         variables = get_variable_values(
             schema, operation.variable_definitions or (), context.variables or {}, hide_suggestions=True
         )
         if isinstance(variables, list):
-            return variables
+            return variables, 0
         root = schema.get_root_type(operation.operation)
         if root is None:
-            return []
+            return [], 0
         fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
         access = getattr(context.context, "access", FULL)
         table_rows = self.row_counts() if self.row_counts is not None else None
@@ -579,7 +587,7 @@ class QueryGuard(SchemaExtension):
         budget = Budget(schema, fragments, variables, self.settings, access, table_rows)
         nodes = budget.selection_set(operation.selection_set, root, 1, True, None).nodes
         if budget.forbidden:
-            return [ForbiddenError(message, node) for message, node in budget.forbidden.items()]
+            return [ForbiddenError(message, node) for message, node in budget.forbidden.items()], nodes
         if budget.unstorable:
             return [
                 UserInputError(
@@ -588,7 +596,7 @@ class QueryGuard(SchemaExtension):
                     node,
                 )
                 for name, node in budget.unstorable.items()
-            ]
+            ], nodes
         limit = self.settings.max_nodes
         if nodes > limit:
             return [
@@ -599,8 +607,8 @@ class QueryGuard(SchemaExtension):
                     "fewer rows with `first` on the connections, nested ones above all (a connection without "
                     f"`first` counts {self.settings.default_page_size}).",
                 )
-            ]
-        return []
+            ], nodes
+        return [], nodes
 
 
 def _dedupe(errors: list[GraphQLError]) -> list[GraphQLError]:

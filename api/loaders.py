@@ -208,3 +208,7 @@ class Context:
     # Compiled connection arguments (or the error they gave) by field path: the resolver of a nested
     # connection runs once per parent with the same arguments, and compiles them once.
     specs: dict[tuple[str, ...], PageSpec | GraphQLError] = field(default_factory=dict)
+    # Heavy requests (api.heavy): whether this worker runs them in processes of their own, and the node count of
+    # this request when the guard (api.limits) found it over `heavyNodes` and so left it for one of them.
+    offload: bool = False
+    heavy_nodes: int | None = None

@@ -89,6 +89,11 @@ class Pseudonyms:
     def __repr__(self) -> str:
         return f"Pseudonyms(configured={self.configured})"
 
+    @property
+    def key(self) -> bytes:
+        """The key, for a process that must give the same pseudonyms (api.heavy)."""
+        return self._key
+
     def __call__(self, value: Any) -> str | None:
         """The PatientID pseudonym; also the keyed hash by which de-identified pages order IDs and UIDs (SQLite
         calls it for every row such a page reads: cached)."""

@@ -6,7 +6,8 @@ DICOM_API_INTROSPECTION (1/0); access: DICOM_API_TOKENS, DICOM_API_TOKENS_FILE, 
 DICOM_API_PSEUDONYM_KEY_FILE, DICOM_API_ALLOW_UNAUTHENTICATED_REMOTE (1/0); limits: DICOM_API_MAX_DEPTH,
 DICOM_API_MAX_ALIASES, DICOM_API_MAX_TOKENS, DICOM_API_MAX_NODES, DICOM_API_TIMEOUT (seconds),
 DICOM_API_MAX_BODY_BYTES, DICOM_API_MAX_RESPONSE_BYTES, DICOM_API_MAX_LIST_LENGTH, DICOM_API_MAX_WHERE_DEPTH,
-DICOM_API_MAX_WHERE_SIZE, DICOM_API_POOL_TIMEOUT (seconds); serving: DICOM_API_WORKERS.
+DICOM_API_MAX_WHERE_SIZE, DICOM_API_POOL_TIMEOUT (seconds); serving: DICOM_API_WORKERS, DICOM_API_HEAVY_NODES,
+DICOM_API_HEAVY_PROCESSES.
 
 Secrets (tokens, the pseudonym key) never appear in a message of this module: a bad entry is named by its
 position, never by its value.
@@ -65,6 +66,14 @@ class Settings:
     pool_timeout: float = 10.0  # seconds a request waits for a free database connection before UNAVAILABLE
     # Serving: worker processes, each with its own event loop and connection pool.
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    # A request whose node budget is over `heavy_nodes` runs in one of its worker's `heavy_processes` processes
+    # (api.heavy), at a lower CPU priority and killed at its time limit, so that it cannot hold the worker's
+    # event loop; with all of them busy it is refused at once (TOO_MANY_REQUESTS). 0 processes: heavy requests
+    # run in the worker like any other. The default is above every query of the study browser, GraphiQL's
+    # example and bench/load_test.py's mix (at most 75,521 on a 1M-slice database), below 40 aliases of 1,000
+    # slices with their parents (160,000).
+    heavy_nodes: int = 100_000
+    heavy_processes: int = 1
 
     def __post_init__(self) -> None:
         if not 1 <= self.default_page_size <= self.max_page_size:
@@ -86,9 +95,12 @@ class Settings:
             "max_where_depth",
             "max_where_size",
             "workers",
+            "heavy_nodes",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.heavy_processes < 0:
+            raise SettingsError(f"heavy_processes must be at least 0, got {self.heavy_processes}")
         if not 0 < self.timeout <= 3600:
             raise SettingsError(f"timeout must be more than 0 and at most 3600 seconds, got {self.timeout}")
         if not 0 < self.pool_timeout <= 3600:
@@ -129,6 +141,8 @@ class Settings:
             ("max_where_size", "DICOM_API_MAX_WHERE_SIZE", int),
             ("pool_timeout", "DICOM_API_POOL_TIMEOUT", float),
             ("workers", "DICOM_API_WORKERS", int),
+            ("heavy_nodes", "DICOM_API_HEAVY_NODES", int),
+            ("heavy_processes", "DICOM_API_HEAVY_PROCESSES", int),
         ):
             if env.get(key, "") != "":
                 try:

@@ -408,6 +408,11 @@ def test_limits_from_the_environment_and_the_command_line() -> None:
     defaults = Settings()
     assert (defaults.max_depth, defaults.max_aliases, defaults.max_tokens) == (20, 50, 2000)
     assert (defaults.max_nodes, defaults.timeout, defaults.max_page_size) == (2_000_000, 30.0, 1000)
+    assert (defaults.heavy_nodes, defaults.heavy_processes) == (100_000, 1)
+    heavy = {"DICOM_API_HEAVY_NODES": "5000", "DICOM_API_HEAVY_PROCESSES": "0"}
+    assert (Settings.from_env(heavy).heavy_nodes, Settings.from_env(heavy).heavy_processes) == (5000, 0)
+    args = build_parser().parse_args(["--heavy-nodes", "7", "--heavy-processes", "2"])
+    assert (settings_from_args(args, heavy).heavy_nodes, settings_from_args(args, heavy).heavy_processes) == (7, 2)
 
 
 @pytest.mark.parametrize(
@@ -418,6 +423,8 @@ def test_limits_from_the_environment_and_the_command_line() -> None:
         ({"DICOM_API_MAX_TOKENS": "many"}, "DICOM_API_MAX_TOKENS='many'"),
         ({"DICOM_API_TIMEOUT": "0"}, "timeout must be more than 0"),
         ({"DICOM_API_TIMEOUT": "soon"}, "DICOM_API_TIMEOUT='soon'"),
+        ({"DICOM_API_HEAVY_NODES": "0"}, "heavy_nodes must be at least 1"),
+        ({"DICOM_API_HEAVY_PROCESSES": "-1"}, "heavy_processes must be at least 0"),
     ],
 )
 def test_bad_limits_are_settings_errors(env: dict[str, str], message: str) -> None:
