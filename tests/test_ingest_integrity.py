@@ -244,7 +244,9 @@ def test_a_killed_or_blocked_worker_is_replaced_and_nothing_is_lost(tmp_path: Pa
         write_series(tree / f"s{s}", count=40, series=f"series-{s}", study=f"study-{s}")
     _slow_file(tree / "s0" / "aaa-slow.dcm", items=150_000)  # keeps a worker busy when the signal comes
     proc = subprocess.Popen(
-        [*ingest_command(), str(tree), "--db", _db(db), "--jobs", "2", "--file-timeout", "20", "--batch-size", "50"],
+        # --file-timeout: well above the slow file's reading time even on a loaded machine (it failed at 20 s with
+        # load average 10 on 2 cores), and what a stopped worker costs the run.
+        [*ingest_command(), str(tree), "--db", _db(db), "--jobs", "2", "--file-timeout", "45", "--batch-size", "50"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -256,7 +258,7 @@ def test_a_killed_or_blocked_worker_is_replaced_and_nothing_is_lost(tmp_path: Pa
     victims = _workers(proc.pid)
     assert victims, "no worker seen"
     os.kill(victims[0], how)
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert summary(out)["ingested"] == 241
