@@ -181,8 +181,7 @@ class Json:
         not plain ISO digits but that Python might still read (a week date, other scripts' digits) go back."""
         iso = f"{x} GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]'"
         maybe = f"length({x}) = 10 AND ({x} GLOB '*[^ -~]*' OR {x} GLOB '*[Ww]*')"
-        # SQLite's date() moves a day past the month's end into the next month: a real date is its own date().
-        valid = f"{x} >= '0001' AND date({x}) = {x}"
+        valid = _valid_date_flat(x)
         return (
             f"CASE WHEN {x} IS NULL THEN NULL WHEN typeof({x}) <> 'text' THEN NULL WHEN {iso} AND {valid} THEN {x} "
             f"WHEN {maybe} THEN {self.marker} END"
@@ -324,8 +323,17 @@ def _valid_date(x: str) -> str:
     return f"{y} >= 1 AND {m} BETWEEN 1 AND 12 AND {d} >= 1 AND {d} <= ({days})"
 
 
+def _valid_date_flat(x: str) -> str:
+    """`_valid_date` without nested CASE (SQLite: a statement's depth is bounded by its parser's stack). SQLite's
+    own date() is no check: it gives back '2021-02-30' as it was."""
+    y, m, d = (f"CAST(substr({x}, {a}, {n}) AS INTEGER)" for a, n in ((1, 4), (6, 2), (9, 2)))
+    leap = f"({_divides(4, y)} AND NOT {_divides(100, y)} OR {_divides(400, y)})"
+    days = f"substr('312831303130313130313031', 2 * {m} - 1, 2) + ({m} = 2 AND {leap})"
+    return f"{y} >= 1 AND {m} BETWEEN 1 AND 12 AND {d} BETWEEN 1 AND {days}"
+
+
 def _divides(n: int, y: str) -> str:
-    return f"{y} - ({y} / {n}) * {n} = 0"  # integer division on both databases; no '%' in SQL text (see FORMAT)
+    return f"({y} - ({y} / {n}) * {n} = 0)"  # integer division on both databases; no '%' in SQL text (see FORMAT)
 
 
 def _literal(text: str) -> str:
