@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +43,6 @@ from dicom_db.api.inputs import input_errors
 from dicom_db.api.limits import Budget, shape_errors
 from dicom_db.api.masking import FULL
 from dicom_db.api.settings import Settings
-from dicom_db.api.sql import SQLITE
 
 log = logging.getLogger("dicom_api.compiled")
 
@@ -196,15 +194,15 @@ class CompiledExecution:
                 continue
             try:
                 rows = await self.database.fetch(root_field.sql, root_field.params)
-            except (sqlite3.Error, QueryTooComplex) as exc:
-                # A value SQLite's JSON cannot hold (a BLOB), or a statement past its limits (SQLite's parser stack
-                # bounds how deeply a statement nests): the resolvers' turn. A failed statement ends a PostgreSQL
-                # transaction, so there it is the request's error.
-                if self.database.dialect is not SQLITE:
-                    raise
-                if isinstance(exc, QueryTooComplex):
-                    raise TooComplex("a statement too deep for SQLite") from None
-                raise NotCompiled(f"SQLite: {exc}") from None
+            except QueryTooComplex:
+                # Past the database's limits (SQLite's parser stack bounds how deeply a statement nests).
+                raise TooComplex("a statement too deep for the database") from None
+            except Exception as exc:
+                # A value SQLite's JSON cannot hold (a BLOB), or the database failing: the resolvers run the
+                # request and answer as they do, with their own error if it fails again. (On PostgreSQL a failed
+                # statement ends the transaction, so there they will fail too, masked as any unexpected error.)
+                log.debug("a compiled statement failed, running the resolvers: %s", exc)
+                raise NotCompiled("a statement that failed") from None
             text = rows[0][0]
             if text is None:
                 data[root_field.key] = None

@@ -488,6 +488,7 @@ class Compiler:
         """Fields by response key, in response order, fragments expanded and equal keys merged (as graphql-core's
         collect_fields; directives are not compiled)."""
         fields: dict[str, list[FieldNode]] = {}
+        visited: set[str] = set()  # a fragment spread again adds nothing (and a document could spread it 2^n times)
 
         def visit(selection_set: SelectionSetNode) -> None:
             for node in selection_set.selections:
@@ -500,6 +501,9 @@ class Compiler:
                     condition, inner = node.type_condition, node.selection_set
                     self.shapes.add("inline fragment")
                 elif isinstance(node, FragmentSpreadNode):
+                    if node.name.value in visited:
+                        continue
+                    visited.add(node.name.value)
                     definition = self.fragments[node.name.value]
                     condition, inner = definition.type_condition, definition.selection_set
                     if definition.directives:

@@ -585,3 +585,15 @@ def test_generated_queries_on_postgres(postgres_pair: Pair, odd_postgres_pair: P
         pair.outcomes.clear()
         assert not (found := pair.differences(queries)), "\n\n".join(found)
         print("generated on postgres", dict(pair.outcomes))
+
+
+def test_fragments_spread_again_are_planned_once(sqlite_pairs: dict[str, Pair]) -> None:
+    """Each fragment spreading the next one twice: 2^40 fields written out, a few fields planned."""
+    depth = 40
+    fragments = " ".join(f"fragment F{i} on Series {{ ...F{i + 1} ...F{i + 1} }}" for i in range(depth))
+    query = f"{{ allSeries {{ nodes {{ ...F0 }} }} }} {fragments} fragment F{depth} on Series {{ modality }}"
+    started = time.perf_counter()
+    reference, compiled = sqlite_pairs["synthetic"].both(query, {})
+    assert time.perf_counter() - started < 5
+    assert reference == compiled
+    assert isinstance(_plan(sqlite_pairs["synthetic"], query), Plan)
