@@ -14,6 +14,7 @@ counts (the node budget depends on them): a repeated query pays neither parsing 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections import Counter, OrderedDict
@@ -47,6 +48,7 @@ from dicom_db.api.settings import Settings
 log = logging.getLogger("dicom_api.compiled")
 
 CACHE_SIZE = 512  # documents, and plans
+LARGE_TEXT = 1 << 20  # characters of JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +91,6 @@ class CompiledExecution:
         self.plans = _Lru(CACHE_SIZE)  # (query, operation, variables, row counts) -> Plan or a reason
         # Requests answered here ("compiled"), and those sent to the resolvers, by reason: tests and logs read it.
         self.outcomes: Counter[str] = Counter()
-        self._last_key: Any = None
         rules = [*specified_rules, MaybeNullValidationRule, OneOfInputValidationRule]
         if not settings.introspection:
             rules.append(NoSchemaIntrospectionCustomRule)
@@ -97,7 +98,7 @@ class CompiledExecution:
 
     async def execute(self, request_data: Any, context: Any) -> ExecutionResult | None:
         """The request's result, or None: run it on the resolvers."""
-        plan = self.plan_for(request_data, context)
+        key, plan = self._plan_for(request_data, context)
         if isinstance(plan, str):
             self.outcomes[plan] += 1
             return None
@@ -106,39 +107,45 @@ class CompiledExecution:
         except NotCompiled as exc:
             self.outcomes[str(exc)] += 1
             if isinstance(exc, TooComplex):  # the statement, not the data: it never compiles
-                self.plans.put(self._last_key, str(exc))
+                self.plans.put(key, str(exc))
             return None
         self.outcomes["compiled"] += 1
         return ExecutionResult(data=data, errors=None)
 
     def plan_for(self, request_data: Any, context: Any) -> Plan | str:
         """The request's plan, or why it runs on the resolvers."""
+        return self._plan_for(request_data, context)[1]
+
+    def _plan_for(self, request_data: Any, context: Any) -> tuple[Any, Plan | str]:
         if isinstance(request_data, list):
-            return "a batch"
+            return None, "a batch"
         if getattr(request_data, "protocol", "http") != "http":
-            return "a streaming request"
+            return None, "a streaming request"
         query = getattr(request_data, "query", None)
         if not isinstance(query, str):
-            return "no query"
+            return None, "no query"
         access = getattr(context, "access", FULL)
         if access.deidentified:
-            return "de-identified access"
+            return None, "de-identified access"
         document = self.document(query)
         if isinstance(document, str):
-            return document
+            return None, document
         variables = request_data.variables
         operation_name = request_data.operation_name
         rows = self.database.table_rows
         try:
             key = (query, operation_name, json.dumps(variables, sort_keys=True), tuple(sorted((rows or {}).items())))
         except (TypeError, ValueError):
-            return "variables that are not JSON"
-        self._last_key = key  # for `execute`, which runs before any other request's planning (no await between)
+            return None, "variables that are not JSON"
         plan = self.plans.get_recent(key)
         if plan is _MISSING:
-            plan = self._plan(document, variables, operation_name, rows)
+            try:
+                plan = self._plan(document, variables, operation_name, rows)
+            except Exception:  # a bug in a check: the resolvers' path runs the same check, and masks what it raises
+                log.exception("planning a compiled query failed; the resolvers run it")
+                return None, "a check that failed"
             self.plans.put(key, plan)
-        return plan
+        return key, plan
 
     def document(self, query: str) -> Document | str:
         found = self.documents.get_recent(query)
@@ -209,6 +216,7 @@ class CompiledExecution:
                 continue
             if MARKER in text:
                 raise NotCompiled("a value the SQL could not type")
-            value = json.loads(text)
+            # A large response is read in a thread, so that the worker's other requests are served meanwhile.
+            value = json.loads(text) if len(text) < LARGE_TEXT else await asyncio.to_thread(json.loads, text)
             data[root_field.key] = value if root_field.fix is None else root_field.fix(value)
         return data
