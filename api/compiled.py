@@ -48,6 +48,9 @@ from dicom_db.api.settings import Settings
 log = logging.getLogger("dicom_api.compiled")
 
 CACHE_SIZE = 512  # documents, and plans
+# Characters of query text and variables beyond which a request is planned but not kept: the caches' memory stays
+# bounded (CACHE_SIZE entries of at most this much) whatever clients send.
+MAX_CACHED_TEXT = 64 * 1024
 LARGE_TEXT = 1 << 20  # characters of JSON
 
 
@@ -68,7 +71,9 @@ class _Lru(OrderedDict):  # type: ignore[type-arg]
             self.move_to_end(key)
         return value
 
-    def put(self, key: Any, value: Any) -> None:
+    def put(self, key: Any, value: Any, size: int = 0) -> None:
+        if size > MAX_CACHED_TEXT:
+            return
         self[key] = value
         self.move_to_end(key)
         if len(self) > self.size:
@@ -80,6 +85,11 @@ _MISSING = object()
 
 class TooComplex(NotCompiled):
     pass
+
+
+def _size(key: tuple[Any, ...]) -> int:
+    query, _, variables, _ = key
+    return len(query) + len(variables)
 
 
 class CompiledExecution:
@@ -107,7 +117,7 @@ class CompiledExecution:
         except NotCompiled as exc:
             self.outcomes[str(exc)] += 1
             if isinstance(exc, TooComplex):  # the statement, not the data: it never compiles
-                self.plans.put(key, str(exc))
+                self.plans.put(key, str(exc), _size(key))
             return None
         self.outcomes["compiled"] += 1
         return ExecutionResult(data=data, errors=None)
@@ -144,7 +154,7 @@ class CompiledExecution:
             except Exception:  # a bug in a check: the resolvers' path runs the same check, and masks what it raises
                 log.exception("planning a compiled query failed; the resolvers run it")
                 return None, "a check that failed"
-            self.plans.put(key, plan)
+            self.plans.put(key, plan, _size(key))
         return key, plan
 
     def document(self, query: str) -> Document | str:
@@ -162,7 +172,7 @@ class CompiledExecution:
             else:
                 fragments = {d.name.value: d for d in node.definitions if isinstance(d, FragmentDefinitionNode)}
                 document = Document(node, fragments)
-        self.documents.put(query, document)
+        self.documents.put(query, document, len(query))
         return document
 
     def _plan(

@@ -604,3 +604,13 @@ def test_fragments_spread_again_are_planned_once(sqlite_pairs: dict[str, Pair]) 
     assert time.perf_counter() - started < 5
     assert reference == compiled
     assert isinstance(_plan(sqlite_pairs["synthetic"], query), Plan)
+
+
+def test_large_documents_are_not_kept(sqlite_pairs: dict[str, Pair]) -> None:
+    pair = sqlite_pairs["synthetic"]
+    compiled = pair.compiled.app.state.compiled
+    query = "{ allSeries { totalCount } }" + " " * 100_000
+    reference, answer = pair.both(query, {})
+    assert reference == answer
+    assert query not in compiled.documents
+    assert not any(key[0] == query for key in compiled.plans)
