@@ -37,6 +37,7 @@ from strawberry.types import ExecutionResult
 from dicom_db.api.auth import PRINCIPAL_KEY, RequireToken, describe_tokens, principal_of
 from dicom_db.api.browser import browser_page
 from dicom_db.api.columns import STUDY
+from dicom_db.api.compiled import CompiledExecution
 from dicom_db.api.db import Database
 from dicom_db.api.execution import ResponseTooLarge, encode_response, response_too_large
 from dicom_db.api.files import Files
@@ -133,6 +134,8 @@ class GraphQLApp(GraphQL[Context, None]):
         self.database = database
         self.settings = settings
         self.heavy = heavy
+        compiled = settings.execution == "compiled"
+        self.compiled = CompiledExecution(schema._schema, database, settings) if compiled else None  # type: ignore[attr-defined]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Strawberry's view, with the body limited in size and every refusal as JSON with a code (Strawberry
@@ -233,7 +236,11 @@ class GraphQLApp(GraphQL[Context, None]):
         async with self.database.request(deadline) as session:
             try:
                 async with asyncio.timeout_at(deadline) as timeout:
-                    result = await super().execute_operation(*args, **kwargs)
+                    result = None
+                    if self.compiled is not None:  # api.compiled; None: the resolvers run it (or hand it on)
+                        result = await self.compiled.execute(kwargs.get("request_data"), context)
+                    if result is None:
+                        result = await super().execute_operation(*args, **kwargs)
             except TimeoutError:
                 if not timeout.expired():
                     raise
@@ -452,6 +459,7 @@ def create_app(settings: Settings | None = None, *, start_heavy_processes: bool 
     )
     app.state.database = database
     app.state.settings = settings
+    app.state.compiled = graphql.compiled  # None unless settings.execution is "compiled"
     return app
 
 

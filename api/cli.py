@@ -31,7 +31,7 @@ from dicom_db.api.auth import BindRefused, check_bind
 from dicom_db.api.db import Database
 from dicom_db.api.errors import DatabaseUnavailable, UnsupportedDatabaseURL
 from dicom_db.api.listen import AddressUnavailable, check_address
-from dicom_db.api.settings import DEFAULT_DB, Settings, SettingsError
+from dicom_db.api.settings import DEFAULT_DB, EXECUTIONS, Settings, SettingsError
 
 EXIT_USAGE, EXIT_DATABASE, EXIT_ADDRESS = 2, 3, 4
 WORKER_HEALTHCHECK_SECONDS = 30
@@ -89,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="worker processes, each with its own connections: a heavy request keeps one busy, the others "
         "serve (default: $DICOM_API_WORKERS, else the machine's cores)",
+    )
+
+    parser.add_argument(
+        "--execution",
+        choices=EXECUTIONS,
+        help="how queries run: compiled (one SQL statement per root field builds the JSON; shapes it cannot "
+        "compile run on the resolvers) or resolvers (default: $DICOM_API_EXECUTION, else "
+        f"{Settings().execution})",
     )
 
     access = parser.add_argument_group("access")

@@ -7,7 +7,7 @@ DICOM_API_PSEUDONYM_KEY_FILE, DICOM_API_ALLOW_UNAUTHENTICATED_REMOTE (1/0); limi
 DICOM_API_MAX_ALIASES, DICOM_API_MAX_TOKENS, DICOM_API_MAX_NODES, DICOM_API_TIMEOUT (seconds),
 DICOM_API_MAX_BODY_BYTES, DICOM_API_MAX_RESPONSE_BYTES, DICOM_API_MAX_LIST_LENGTH, DICOM_API_MAX_WHERE_DEPTH,
 DICOM_API_MAX_WHERE_SIZE, DICOM_API_POOL_TIMEOUT (seconds); serving: DICOM_API_WORKERS, DICOM_API_HEAVY_NODES,
-DICOM_API_HEAVY_PROCESSES.
+DICOM_API_HEAVY_PROCESSES, DICOM_API_EXECUTION (compiled or resolvers).
 
 Secrets (tokens, the pseudonym key) never appear in a message of this module: a bad entry is named by its
 position, never by its value.
@@ -24,6 +24,9 @@ from typing import Any
 from dicom_db.api.auth import Token, TokenError, parse_tokens, read_tokens_file
 
 DEFAULT_DB = "sqlite:///dicom.db"
+# How /graphql executes a query: `compiled` (api.compiled: one SQL statement per root field builds the JSON, for
+# the shapes api.compiler knows; the rest runs on the resolvers) or `resolvers` (Strawberry's resolvers only).
+EXECUTIONS = ("compiled", "resolvers")
 MIN_PSEUDONYM_KEY = 16  # characters of a configured pseudonym key
 
 
@@ -74,6 +77,7 @@ class Settings:
     # slices with their parents (160,000).
     heavy_nodes: int = 100_000
     heavy_processes: int = 1
+    execution: str = "compiled"  # one of EXECUTIONS
 
     def __post_init__(self) -> None:
         if not 1 <= self.default_page_size <= self.max_page_size:
@@ -107,6 +111,8 @@ class Settings:
             raise SettingsError(f"pool timeout must be more than 0 and at most 3600 seconds, got {self.pool_timeout}")
         if self.pseudonym_key is not None and len(self.pseudonym_key) < MIN_PSEUDONYM_KEY:
             raise SettingsError(f"the pseudonym key must be at least {MIN_PSEUDONYM_KEY} bytes long")
+        if self.execution not in EXECUTIONS:
+            raise SettingsError(f"execution must be one of {', '.join(EXECUTIONS)}, got {self.execution!r}")
         secrets = [t.secret for t in self.tokens]
         if len(set(secrets)) != len(secrets):
             raise SettingsError("the same token is configured twice")
@@ -143,6 +149,7 @@ class Settings:
             ("workers", "DICOM_API_WORKERS", int),
             ("heavy_nodes", "DICOM_API_HEAVY_NODES", int),
             ("heavy_processes", "DICOM_API_HEAVY_PROCESSES", int),
+            ("execution", "DICOM_API_EXECUTION", str),
         ):
             if env.get(key, "") != "":
                 try:
