@@ -413,14 +413,38 @@ def wait_for(url: str, seconds: float, process: subprocess.Popen[bytes], log: Pa
     raise SystemExit(f"{url} did not answer within {seconds} s; log: {log}")
 
 
+# Diagnostic: uvicorn's supervisor (`--workers` N > 1) binds the listening socket itself with `proto` 0, so asyncio
+# does not set TCP_NODELAY on the accepted connections and every keep-alive request after the first waits for the
+# client's delayed ACK (about 40 ms on Linux; Kludex/uvicorn#3149). This runs `dicom-api` unchanged, with uvicorn's
+# `Config.bind_socket` giving the same socket back as IPPROTO_TCP, to show what the workers do without that wait.
+NODELAY_WRAPPER = """
+import socket, sys
+import uvicorn.config
+bind = uvicorn.config.Config.bind_socket
+def bind_tcp(self):
+    sock = bind(self)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+        sock.set_inheritable(True)
+    return sock
+uvicorn.config.Config.bind_socket = bind_tcp
+from dicom_db.api.cli import main
+sys.argv[0] = "dicom-api"
+main()
+"""
+
+
 class Server:
-    def __init__(self, url: str, execution: str, workers: int, scratch: Path) -> None:
+    def __init__(self, url: str, execution: str, workers: str, scratch: Path) -> None:
+        """`workers`: a count, or a count and "+nodelay" (`dicom-api` started through NODELAY_WRAPPER)."""
         self.port = free_port()
         self.execution, self.workers = execution, workers
         self.log = scratch / f"dicom-api-{execution}-{workers}-{self.port}.log"
+        count, _, variant = workers.partition("+")
+        start = [sys.executable, "-c", NODELAY_WRAPPER] if variant == "nodelay" else [str(VENV_BIN / "dicom-api")]
         command = [
-            str(VENV_BIN / "dicom-api"),
-            *("--db", url, "--port", str(self.port), "--workers", str(workers)),
+            *start,
+            *("--db", url, "--port", str(self.port), "--workers", count),
             *("--execution", execution, "--log-level", "warning"),
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("DICOM_API_")}
@@ -716,7 +740,7 @@ def lua_script(scratch: Path, name: str, body: bytes) -> Path:
 
 
 def throughput(
-    url: str, cases: list[Case], scratch: Path, workers: list[int], rounds: int, seconds: int
+    url: str, cases: list[Case], scratch: Path, workers: list[str], rounds: int, seconds: int
 ) -> dict[str, Any]:
     scripts: dict[str, tuple[str, Path | None]] = {}
     for case in cases:
@@ -842,10 +866,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tree-slices", type=int, default=1000)
     parser.add_argument("--wrk-seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--workers", default="1,2")
+    parser.add_argument(
+        "--workers", default="1,2", help='worker counts for wrk; "2+nodelay": 2 with TCP_NODELAY (NODELAY_WRAPPER)'
+    )
+    parser.add_argument("--real-workers", help="worker counts for wrk on --real databases (default: --workers)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--tables", type=Path, help="only print the tables of an earlier run's --json FILE")
     args = parser.parse_args(argv)
-    workers = [int(w) for w in args.workers.split(",")]
+    if args.tables:
+        report = json.loads(args.tables.read_text())
+        counts = report["args"]["workers"].split(",") + (report["args"].get("real_workers") or "").split(",")
+        print_tables(report, [c for c in dict.fromkeys(counts) if c])
+        return 0
+    workers = args.workers.split(",")
+    real_workers = (args.real_workers or args.workers).split(",")
     scratch = Path(tempfile.mkdtemp(prefix="bench_compiled."))
     report: JSONDict = {"machine": machine(), "args": vars(args) | {"orthanc": str(args.orthanc), "json": ""}}
     print(json.dumps(report["machine"]), flush=True)
@@ -870,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
                     lat_cases = orthanc_cases(floor, orthanc.patient if orthanc else None)
                     tput_cases = [Case("healthz", ""), *lat_cases[1:]]
                 entry: JSONDict = {"url": url, "compiled_outcomes": compiled_outcomes(url, lat_cases + tput_cases)}
-                servers = {p: Server(url, p, 1, scratch) for p in PATHS}
+                servers = {p: Server(url, p, "1", scratch) for p in PATHS}
                 try:
                     entry["byte_compare"] = compare(servers, lat_cases + tput_cases)
                     print(" ", entry["compiled_outcomes"], entry["byte_compare"], flush=True)
@@ -882,7 +916,8 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     for s in servers.values():
                         s.stop()
-                entry["throughput"] = throughput(url, tput_cases, scratch, workers, args.rounds, args.wrk_seconds)
+                counts = workers if kind == "db" else real_workers
+                entry["throughput"] = throughput(url, tput_cases, scratch, counts, args.rounds, args.wrk_seconds)
                 if kind == "real" and orthanc is not None and name == parse_named(args.real)[0][0]:
                     report["orthanc_throughput"] = orthanc_throughput(
                         orthanc, lat_cases, scratch, args.rounds, args.wrk_seconds
@@ -893,12 +928,12 @@ def main(argv: list[str] | None = None) -> int:
     report["machine"]["load_end"] = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
-    print_tables(report, workers)
+    print_tables(report, list(dict.fromkeys(workers + real_workers)))
     shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 
-def print_tables(report: JSONDict, workers: list[int]) -> None:
+def print_tables(report: JSONDict, workers: list[str]) -> None:
     print(
         "\n| database | query | rows | resolvers ms | compiled ms | floor ms | floor SQL ms | resolvers/floor "
         "| compiled/floor | compiled/resolvers | Orthanc ms | compiled/Orthanc |"
