@@ -878,6 +878,8 @@ def main(argv: list[str] | None = None) -> int:
         counts = report["args"]["workers"].split(",") + (report["args"].get("real_workers") or "").split(",")
         print_tables(report, [c for c in dict.fromkeys(counts) if c])
         return 0
+    # Stopped with SIGTERM (or SIGINT, which a background job ignores): still stop the servers and Orthanc.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workers = args.workers.split(",")
     real_workers = (args.real_workers or args.workers).split(",")
     scratch = Path(tempfile.mkdtemp(prefix="bench_compiled."))
