@@ -48,7 +48,15 @@ from dicom_db.api.columns import CONVERTERS, TABLES, Column, Kind, Table, camel_
 from dicom_db.api.db import DATE_PARTS
 from dicom_db.api.filters import compile_where
 from dicom_db.api.masking import FULL
-from dicom_db.api.pagination import OrderKey, after_branches, decode_cursor, encode_cursor, fingerprint, order_keys
+from dicom_db.api.pagination import (
+    OrderKey,
+    after_branches,
+    decode_cursor,
+    encode_cursor,
+    fingerprint,
+    order_exprs,
+    order_keys,
+)
 from dicom_db.api.pagination import order_sql as pagination_order_sql
 from dicom_db.api.pagination import page_size as checked_page_size
 from dicom_db.api.settings import Settings
@@ -71,6 +79,9 @@ ID_COLUMNS = {"SliceMetadata": "SOPInstanceUID"}  # otherwise the table's key
 VALUE_LISTS = {("Study", "modalities"): ("Series", "Modality")}
 
 Fix = Callable[[Any], Any]
+# Why an operation runs on the resolvers when its arguments fail (the resolvers say how, at the field's path);
+# reasons never hold client text, so that counting them stays bounded.
+REFUSED_ARGUMENTS = "arguments the resolvers refuse"
 
 
 class NotCompiled(Exception):
@@ -324,12 +335,13 @@ def _valid_date(x: str) -> str:
 
 
 def _valid_date_flat(x: str) -> str:
-    """`_valid_date` without nested CASE (SQLite: a statement's depth is bounded by its parser's stack). SQLite's
-    own date() is no check: it gives back '2021-02-30' as it was."""
-    y, m, d = (f"CAST(substr({x}, {a}, {n}) AS INTEGER)" for a, n in ((1, 4), (6, 2), (9, 2)))
-    leap = f"({_divides(4, y)} AND NOT {_divides(100, y)} OR {_divides(400, y)})"
-    days = f"substr('312831303130313130313031', 2 * {m} - 1, 2) + ({m} = 2 AND {leap})"
-    return f"{y} >= 1 AND {m} BETWEEN 1 AND 12 AND {d} BETWEEN 1 AND {days}"
+    """`_valid_date` for SQLite, with as few parentheses as it takes (a statement's depth is bounded by SQLite's
+    parser stack): text compared as text (the digits are zero-padded), converted by arithmetic only. SQLite's own
+    date() is no check: it gives back '2021-02-30' as it was."""
+    y, m, d = f"substr({x}, 1, 4)", f"substr({x}, 6, 2)", f"substr({x}, 9, 2)"
+    leap = f"({y} - {y} / 4 * 4 = 0 AND {y} - {y} / 100 * 100 <> 0 OR {y} - {y} / 400 * 400 = 0)"
+    days = f"substr('312831303130313130313031', 2 * {m} - 1, 2) + ({m} = '02' AND {leap})"
+    return f"{y} <> '0000' AND {m} BETWEEN '01' AND '12' AND {d} >= '01' AND {d} + 0 <= {days}"
 
 
 def _divides(n: int, y: str) -> str:
@@ -509,8 +521,8 @@ class Compiler:
     def arguments(self, definition: GraphQLField, node: FieldNode) -> dict[str, Any]:
         try:
             return get_argument_values(definition, node, self.variables)
-        except GraphQLError as exc:
-            raise NotCompiled(f"arguments: {exc.message}") from None
+        except GraphQLError:
+            raise NotCompiled(REFUSED_ARGUMENTS) from None
 
     def field_def(self, parent: GraphQLObjectType, name: str) -> GraphQLField:
         definition = parent.fields.get(name)
@@ -699,18 +711,18 @@ class Compiler:
             limit = checked_page_size(first, self.settings.default_page_size, self.settings.max_page_size)
             cursor = decode_cursor(table, after, order) if after is not None else None
             where = compile_where(table, _wrap(where_input) if where_input else None, self.dialect, alias, FULL)
-        except GraphQLError as exc:  # the resolvers report it, at its path
-            raise NotCompiled(f"arguments: {exc.message}") from None
+        except GraphQLError:  # the resolvers report it, at its path
+            raise NotCompiled(REFUSED_ARGUMENTS) from None
         conditions = []
         if parent is not None:
             conditions.append(f"{alias}.{q(parent[0])} = {parent[1]}")
         if where.sql != TRUE:
             conditions.append(f"({self.fragment(where, alias)})")
         filtered = " AND ".join(conditions) or TRUE  # the rows counted and grouped
-        page_conditions = list(conditions)
-        if cursor is not None:
-            branches = after_branches(table, order, cursor, alias, self.dialect)
-            page_conditions.append("(" + " OR ".join(f"({self.fragment(b, alias)})" for b in branches) + ")")
+        # After a cursor, one or two disjoint conditions (api.pagination.after_branches): each its own page, so
+        # that each seeks an index, as the resolvers' root pages do.
+        branches = [] if cursor is None else after_branches(table, order, cursor, alias, self.dialect)
+        branch_sql = [self.fragment(b, alias) for b in branches]
 
         fp = fingerprint(order)
         cursor_values, cursor_fix = self.cursor_values(table, order, alias)
@@ -796,12 +808,29 @@ class Compiler:
         obj = self.json.obj(pairs)
         if not uses_page:
             return f"SELECT {obj}", _object_fix(fixes)
-        order = pagination_order_sql(table, order, alias, self.dialect) if order else ""
+        keys = order
+        order = pagination_order_sql(table, keys, alias, self.dialect)
         key = f"{alias}.{q(table.key)}"
-        inner = (
-            f"SELECT {key} AS _pk, ROW_NUMBER() OVER (ORDER BY {order}) AS _rn FROM {q(table.name)} {alias} "
-            f"WHERE {' AND '.join(page_conditions) or TRUE} ORDER BY {order} LIMIT {limit + 1}"
-        )
+        if len(branch_sql) <= 1:
+            where = " AND ".join(conditions + [f"({b})" for b in branch_sql]) or TRUE
+            inner = (
+                f"SELECT {key} AS _pk, ROW_NUMBER() OVER (ORDER BY {order}) AS _rn FROM {q(table.name)} {alias} "
+                f"WHERE {where} ORDER BY {order} LIMIT {limit + 1}"
+            )
+        else:
+            exprs = ", ".join(f"{e} AS _o{i}" for i, e in enumerate(order_exprs(table, keys, alias, self.dialect)))
+            parts = []
+            for i, branch in enumerate(branch_sql):
+                where = " AND ".join([*conditions, f"({branch})"])
+                parts.append(
+                    f"SELECT * FROM (SELECT {key} AS _pk, {exprs} FROM {q(table.name)} {alias} WHERE {where} "
+                    f"ORDER BY {order} LIMIT {limit + 1}) _b{i}"
+                )
+            by = ", ".join(f"_u._o{i} {'DESC' if k.descending else 'ASC'} NULLS LAST" for i, k in enumerate(keys))
+            inner = (
+                f"SELECT _u._pk AS _pk, ROW_NUMBER() OVER (ORDER BY {by}) AS _rn FROM ({' UNION ALL '.join(parts)}) _u "
+                f"ORDER BY {by} LIMIT {limit + 1}"
+            )
         # The page's rows in order, then the rows themselves: SQLite aggregates rows in the order its loops visit
         # them, and CROSS JOIN keeps the ordered page in the outer loop; PostgreSQL's aggregates say their order.
         join = "CROSS JOIN" if self.dialect is not POSTGRES else "JOIN"
@@ -839,8 +868,8 @@ class Compiler:
             raise NotCompiled("datePart on a field that is no date")  # the resolvers' error
         try:
             limit = checked_page_size(args.get("first"), self.settings.max_page_size, self.settings.max_page_size)
-        except GraphQLError as exc:
-            raise NotCompiled(f"arguments: {exc.message}") from None
+        except GraphQLError:
+            raise NotCompiled(REFUSED_ARGUMENTS) from None
         value = value_expr(column, alias, self.dialect)
         if date_part is not None:
             value = (

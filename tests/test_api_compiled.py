@@ -433,7 +433,7 @@ FALLS_BACK = {
     "Slice.file": "{ allSlices { nodes { file { path } } } }",
     "a directive (@skip, @include)": "{ allSlices { nodes { sliceId @include(if: true) } } }",
     "Query.__schema": "{ __schema { types { name } } }",
-    "arguments: `first` must be between 0 and 1000, got 1001": "{ allSlices(first: 1001) { totalCount } }",
+    "arguments the resolvers refuse": "{ allSlices(first: 1001) { totalCount } }",
     "a document that does not validate": "{ allSlices { nodes { nope } } }",
     "a document that does not parse": "{ allSlices ",
     "de-identified access": "{ allSlices { totalCount } }",
@@ -511,17 +511,77 @@ def test_timing_of_a_nested_query(sqlite_pairs: dict[str, Pair]) -> None:
         "series { nodes { modality seriesDescription sliceThickness pixelSpacing imageType "
         "slices(first: 50) { nodes { sliceNumber sliceLocation imagePositionPatient acquisitionDate } } } } } } } } }"
     )
-    times = {}
-    for name, client in (("resolvers", pair.resolvers), ("compiled", pair.compiled)):
-        client.post("/graphql", json={"query": query})  # warm the caches
-        start = time.perf_counter()
-        for _ in range(5):
+    pair.outcomes.clear()
+    times: dict[str, float] = {"resolvers": math.inf, "compiled": math.inf}
+    for _ in range(7):  # interleaved, best of 7: the machine's other work counts less
+        for name, client in (("resolvers", pair.resolvers), ("compiled", pair.compiled)):
+            start = time.perf_counter()
             response = client.post("/graphql", json={"query": query})
-        times[name] = (time.perf_counter() - start) / 5
-        assert response.status_code == 200
+            times[name] = min(times[name], time.perf_counter() - start)
+            assert response.status_code == 200
     print(
         f"nested query: resolvers {times['resolvers'] * 1000:.1f} ms, compiled {times['compiled'] * 1000:.1f} ms, "
         f"{times['resolvers'] / times['compiled']:.1f}x"
     )
-    assert pair.outcomes["compiled"] > 0
+    assert pair.outcomes["compiled"] == 7, pair.outcomes  # four nested connections fit SQLite's parser
     assert times["compiled"] < times["resolvers"]
+
+
+# Queries schemathesis generates from the schema (hypothesis-graphql underneath): arbitrary nesting, arguments and
+# aliases, with valid ("positive") and invalid ("negative") inputs.
+GENERATED_SEED = 20261130
+
+
+def generated_queries(positive: int, negative: int) -> list[tuple[str, dict[str, Any]]]:
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, Phase, given, seed, settings
+    from hypothesis import strategies as st
+    from schemathesis.generation import GenerationMode
+    from schemathesis.graphql import nodes
+
+    schemathesis.graphql.scalar(
+        "Date",
+        st.one_of(
+            st.dates().map(lambda d: nodes.String(d.isoformat())),
+            st.sampled_from(["2021-13-01", "19700101", "2021-02-30", ""]).map(nodes.String),
+        ),
+    )
+    schema = schemathesis.graphql.from_file(sdl())
+    found: list[tuple[str, dict[str, Any]]] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode, examples in ((GenerationMode.POSITIVE, positive), (GenerationMode.NEGATIVE, negative)):
+
+            @settings(
+                max_examples=examples,
+                database=None,
+                deadline=None,
+                phases=[Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
+            @seed(GENERATED_SEED)
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def collect(case: Any) -> None:
+                body = case.body
+                found.append((body["query"] if isinstance(body, dict) else str(body), {}))
+
+            collect()
+    return found
+
+
+def test_generated_queries_on_sqlite(sqlite_pairs: dict[str, Pair], odd_pair: Pair) -> None:
+    queries = generated_queries(25, 5)
+    assert len(queries) >= 200
+    for pair in (sqlite_pairs["synthetic"], odd_pair):
+        pair.outcomes.clear()
+        assert not (found := pair.differences(queries)), "\n\n".join(found)
+        print("generated", dict(pair.outcomes))
+        assert pair.outcomes["compiled"] >= len(queries) // 4, pair.outcomes
+
+
+def test_generated_queries_on_postgres(postgres_pair: Pair, odd_postgres_pair: Pair) -> None:
+    queries = generated_queries(10, 3)
+    for pair in (postgres_pair, odd_postgres_pair):
+        pair.outcomes.clear()
+        assert not (found := pair.differences(queries)), "\n\n".join(found)
+        print("generated on postgres", dict(pair.outcomes))

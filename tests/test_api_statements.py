@@ -1,4 +1,7 @@
-"""No N+1: the number of SQL statements a request runs depends on the query's shape, never on the row count."""
+"""No N+1: the number of SQL statements a request runs depends on the query's shape, never on the row count.
+
+These count the resolvers' statements (their loaders' batching), so the apps run on the resolvers; the compiled
+path runs one statement per root field (tests/test_api_compiled.py)."""
 
 from __future__ import annotations
 
@@ -45,14 +48,14 @@ NESTED = """{
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     root = tmp_path_factory.mktemp("small")
     write_scaled(root / "files", patients=2, studies=2, series=2, slices=2)
-    yield from serve(f"sqlite:///{ingest_into(root, root / 'small.db', root / 'files')}")
+    yield from serve(f"sqlite:///{ingest_into(root, root / 'small.db', root / 'files')}", execution="resolvers")
 
 
 @pytest.fixture(scope="module")
 def large(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     root = tmp_path_factory.mktemp("large")
     write_scaled(root / "files", patients=5, studies=3, series=4, slices=9)
-    yield from serve(f"sqlite:///{ingest_into(Path(root), root / 'large.db', root / 'files')}")
+    yield from serve(f"sqlite:///{ingest_into(Path(root), root / 'large.db', root / 'files')}", execution="resolvers")
 
 
 def _run(api: Api, query: str) -> tuple[int, dict]:
