@@ -14,9 +14,9 @@ counts (the node budget depends on them): a repeated query pays neither parsing 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import sqlite3
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -44,11 +44,14 @@ from dicom_db.api.inputs import input_errors
 from dicom_db.api.limits import Budget, shape_errors
 from dicom_db.api.masking import FULL
 from dicom_db.api.settings import Settings
-from dicom_db.api.sql import SQLITE
 
 log = logging.getLogger("dicom_api.compiled")
 
 CACHE_SIZE = 512  # documents, and plans
+# Characters of query text and variables beyond which a request is planned but not kept: the caches' memory stays
+# bounded (CACHE_SIZE entries of at most this much) whatever clients send.
+MAX_CACHED_TEXT = 64 * 1024
+LARGE_TEXT = 1 << 20  # characters of JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +71,9 @@ class _Lru(OrderedDict):  # type: ignore[type-arg]
             self.move_to_end(key)
         return value
 
-    def put(self, key: Any, value: Any) -> None:
+    def put(self, key: Any, value: Any, size: int = 0) -> None:
+        if size > MAX_CACHED_TEXT:
+            return
         self[key] = value
         self.move_to_end(key)
         if len(self) > self.size:
@@ -82,6 +87,11 @@ class TooComplex(NotCompiled):
     pass
 
 
+def _size(key: tuple[Any, ...]) -> int:
+    query, _, variables, _ = key
+    return len(query) + len(variables)
+
+
 class CompiledExecution:
     def __init__(self, schema: GraphQLSchema, database: Database, settings: Settings) -> None:
         self.schema = schema
@@ -91,7 +101,6 @@ class CompiledExecution:
         self.plans = _Lru(CACHE_SIZE)  # (query, operation, variables, row counts) -> Plan or a reason
         # Requests answered here ("compiled"), and those sent to the resolvers, by reason: tests and logs read it.
         self.outcomes: Counter[str] = Counter()
-        self._last_key: Any = None
         rules = [*specified_rules, MaybeNullValidationRule, OneOfInputValidationRule]
         if not settings.introspection:
             rules.append(NoSchemaIntrospectionCustomRule)
@@ -99,7 +108,7 @@ class CompiledExecution:
 
     async def execute(self, request_data: Any, context: Any) -> ExecutionResult | None:
         """The request's result, or None: run it on the resolvers."""
-        plan = self.plan_for(request_data, context)
+        key, plan = self._plan_for(request_data, context)
         if isinstance(plan, str):
             self.outcomes[plan] += 1
             return None
@@ -108,39 +117,45 @@ class CompiledExecution:
         except NotCompiled as exc:
             self.outcomes[str(exc)] += 1
             if isinstance(exc, TooComplex):  # the statement, not the data: it never compiles
-                self.plans.put(self._last_key, str(exc))
+                self.plans.put(key, str(exc), _size(key))
             return None
         self.outcomes["compiled"] += 1
         return ExecutionResult(data=data, errors=None)
 
     def plan_for(self, request_data: Any, context: Any) -> Plan | str:
         """The request's plan, or why it runs on the resolvers."""
+        return self._plan_for(request_data, context)[1]
+
+    def _plan_for(self, request_data: Any, context: Any) -> tuple[Any, Plan | str]:
         if isinstance(request_data, list):
-            return "a batch"
+            return None, "a batch"
         if getattr(request_data, "protocol", "http") != "http":
-            return "a streaming request"
+            return None, "a streaming request"
         query = getattr(request_data, "query", None)
         if not isinstance(query, str):
-            return "no query"
+            return None, "no query"
         access = getattr(context, "access", FULL)
         if access.deidentified:
-            return "de-identified access"
+            return None, "de-identified access"
         document = self.document(query)
         if isinstance(document, str):
-            return document
+            return None, document
         variables = request_data.variables
         operation_name = request_data.operation_name
         rows = self.database.table_rows
         try:
             key = (query, operation_name, json.dumps(variables, sort_keys=True), tuple(sorted((rows or {}).items())))
         except (TypeError, ValueError):
-            return "variables that are not JSON"
-        self._last_key = key  # for `execute`, which runs before any other request's planning (no await between)
+            return None, "variables that are not JSON"
         plan = self.plans.get_recent(key)
         if plan is _MISSING:
-            plan = self._plan(document, variables, operation_name, rows)
-            self.plans.put(key, plan)
-        return plan
+            try:
+                plan = self._plan(document, variables, operation_name, rows)
+            except Exception:  # a bug in a check: the resolvers' path runs the same check, and masks what it raises
+                log.exception("planning a compiled query failed; the resolvers run it")
+                return None, "a check that failed"
+            self.plans.put(key, plan, _size(key))
+        return key, plan
 
     def document(self, query: str) -> Document | str:
         found = self.documents.get_recent(query)
@@ -157,7 +172,7 @@ class CompiledExecution:
             else:
                 fragments = {d.name.value: d for d in node.definitions if isinstance(d, FragmentDefinitionNode)}
                 document = Document(node, fragments)
-        self.documents.put(query, document)
+        self.documents.put(query, document, len(query))
         return document
 
     def _plan(
@@ -196,21 +211,22 @@ class CompiledExecution:
                 continue
             try:
                 rows = await self.database.fetch(root_field.sql, root_field.params)
-            except (sqlite3.Error, QueryTooComplex) as exc:
-                # A value SQLite's JSON cannot hold (a BLOB), or a statement past its limits (SQLite's parser stack
-                # bounds how deeply a statement nests): the resolvers' turn. A failed statement ends a PostgreSQL
-                # transaction, so there it is the request's error.
-                if self.database.dialect is not SQLITE:
-                    raise
-                if isinstance(exc, QueryTooComplex):
-                    raise TooComplex("a statement too deep for SQLite") from None
-                raise NotCompiled(f"SQLite: {exc}") from None
+            except QueryTooComplex:
+                # Past the database's limits (SQLite's parser stack bounds how deeply a statement nests).
+                raise TooComplex("a statement too deep for the database") from None
+            except Exception as exc:
+                # A value SQLite's JSON cannot hold (a BLOB), or the database failing: the resolvers run the
+                # request and answer as they do, with their own error if it fails again. (On PostgreSQL a failed
+                # statement ends the transaction, so there they will fail too, masked as any unexpected error.)
+                log.debug("a compiled statement failed, running the resolvers: %s", exc)
+                raise NotCompiled("a statement that failed") from None
             text = rows[0][0]
             if text is None:
                 data[root_field.key] = None
                 continue
             if MARKER in text:
                 raise NotCompiled("a value the SQL could not type")
-            value = json.loads(text)
+            # A large response is read in a thread, so that the worker's other requests are served meanwhile.
+            value = json.loads(text) if len(text) < LARGE_TEXT else await asyncio.to_thread(json.loads, text)
             data[root_field.key] = value if root_field.fix is None else root_field.fix(value)
         return data

@@ -32,16 +32,18 @@ from graphql import (
     FragmentSpreadNode,
     GraphQLError,
     GraphQLField,
+    GraphQLIncludeDirective,
     GraphQLList,
     GraphQLObjectType,
     GraphQLSchema,
+    GraphQLSkipDirective,
     InlineFragmentNode,
     OperationDefinitionNode,
     SelectionSetNode,
     get_named_type,
     get_nullable_type,
 )
-from graphql.execution.values import get_argument_values
+from graphql.execution.values import get_argument_values, get_directive_values
 from strawberry import UNSET
 
 from dicom_db.api.columns import CONVERTERS, TABLES, Column, Kind, Table, camel_case
@@ -488,11 +490,12 @@ class Compiler:
         """Fields by response key, in response order, fragments expanded and equal keys merged (as graphql-core's
         collect_fields; directives are not compiled)."""
         fields: dict[str, list[FieldNode]] = {}
+        visited: set[str] = set()  # a fragment spread again adds nothing (and a document could spread it 2^n times)
 
         def visit(selection_set: SelectionSetNode) -> None:
             for node in selection_set.selections:
-                if node.directives:
-                    raise NotCompiled("a directive (@skip, @include)")
+                if node.directives and not self.included(node):
+                    continue
                 if isinstance(node, FieldNode):
                     fields.setdefault((node.alias or node.name).value, []).append(node)
                     continue
@@ -500,10 +503,13 @@ class Compiler:
                     condition, inner = node.type_condition, node.selection_set
                     self.shapes.add("inline fragment")
                 elif isinstance(node, FragmentSpreadNode):
+                    if node.name.value in visited:
+                        continue
+                    visited.add(node.name.value)
                     definition = self.fragments[node.name.value]
                     condition, inner = definition.type_condition, definition.selection_set
                     if definition.directives:
-                        raise NotCompiled("a directive on a fragment")
+                        raise NotCompiled("a directive on a fragment definition")
                     self.shapes.add("fragment")
                 else:
                     raise NotCompiled(f"a selection of kind {type(node).__name__}")
@@ -514,6 +520,18 @@ class Compiler:
         for selection_set in selection_sets:
             visit(selection_set)
         return fields
+
+    def included(self, node: Any) -> bool:
+        """@skip and @include, as graphql-core decides them (a plan depends on the variables they read)."""
+        known = {GraphQLSkipDirective.name, GraphQLIncludeDirective.name}
+        if any(d.name.value not in known for d in node.directives):
+            raise NotCompiled("a directive other than @skip and @include")
+        self.shapes.add("@skip/@include")
+        skip = get_directive_values(GraphQLSkipDirective, node, self.variables)
+        if skip and skip.get("if") is True:
+            return False
+        include = get_directive_values(GraphQLIncludeDirective, node, self.variables)
+        return not (include and include.get("if") is False)
 
     def sub_fields(self, parent: GraphQLObjectType, nodes: list[FieldNode]) -> dict[str, list[FieldNode]]:
         return self.collect(parent, [n.selection_set for n in nodes if n.selection_set is not None])

@@ -69,7 +69,7 @@ class Settings:
     pool_timeout: float = 10.0  # seconds a request waits for a free database connection before UNAVAILABLE
     # Serving: worker processes, each with its own event loop and connection pool.
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    execution: str = "resolvers"  # one of EXECUTIONS
+    execution: str = "compiled"  # one of EXECUTIONS
 
     def __post_init__(self) -> None:
         if not 1 <= self.default_page_size <= self.max_page_size:

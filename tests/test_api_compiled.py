@@ -166,6 +166,12 @@ SHAPES: list[tuple[str, dict[str, Any]]] = [
     ('{ allSeries(after: "bogus") { nodes { modality } } }', {}),
     ("{ allStudies { groupBy(field: STUDY_DESCRIPTION, datePart: YEAR) { value } } }", {}),
     ("query($s: Boolean!) { allSeries { nodes { modality @skip(if: $s) } } }", {"s": True}),
+    ("query($s: Boolean!) { allSeries { nodes { modality @skip(if: $s) kvp @include(if: $s) } } }", {"s": False}),
+    (
+        "query($s: Boolean = true) { allSeries { nodes { ... on Series @include(if: $s) { rows } } "
+        "...F @skip(if: $s) } } fragment F on SeriesConnection { totalCount }",
+        {},
+    ),
     ("{ allSlices(first: 2) { nodes { file { path size url } } } }", {}),
     ("{ __schema { queryType { name } } }", {}),
     ("{ allSeries { nodes { nope } } }", {}),
@@ -428,10 +434,10 @@ COMPILES = {
     "groupBy": "{ allStudies { groupBy(field: STUDY_DATE, datePart: YEAR) { value count } } }",
     "fragment": "fragment F on Study { studyDate } { allStudies { nodes { ...F ... on Study { studyId } } } }",
     "raw": "{ allSlices { nodes { raw id __typename } } }",
+    "@skip/@include": "{ allSlices { nodes { sliceId @include(if: false) sliceNumber @skip(if: false) } } }",
 }
 FALLS_BACK = {
     "Slice.file": "{ allSlices { nodes { file { path } } } }",
-    "a directive (@skip, @include)": "{ allSlices { nodes { sliceId @include(if: true) } } }",
     "Query.__schema": "{ __schema { types { name } } }",
     "arguments the resolvers refuse": "{ allSlices(first: 1001) { totalCount } }",
     "a document that does not validate": "{ allSlices { nodes { nope } } }",
@@ -476,6 +482,7 @@ def test_which_shapes_compile_and_which_fall_back(sqlite_pairs: dict[str, Pair])
         "totalCount",
         "value list",
         "__typename",
+        "@skip/@include",
     }
     deidentified = Access(AccessLevel.DEIDENTIFIED, pair.compiled.app.state.database.pseudonyms)
     for reason, query in FALLS_BACK.items():
@@ -585,3 +592,25 @@ def test_generated_queries_on_postgres(postgres_pair: Pair, odd_postgres_pair: P
         pair.outcomes.clear()
         assert not (found := pair.differences(queries)), "\n\n".join(found)
         print("generated on postgres", dict(pair.outcomes))
+
+
+def test_fragments_spread_again_are_planned_once(sqlite_pairs: dict[str, Pair]) -> None:
+    """Each fragment spreading the next one twice: 2^40 fields written out, a few fields planned."""
+    depth = 40
+    fragments = " ".join(f"fragment F{i} on Series {{ ...F{i + 1} ...F{i + 1} }}" for i in range(depth))
+    query = f"{{ allSeries {{ nodes {{ ...F0 }} }} }} {fragments} fragment F{depth} on Series {{ modality }}"
+    started = time.perf_counter()
+    reference, compiled = sqlite_pairs["synthetic"].both(query, {})
+    assert time.perf_counter() - started < 5
+    assert reference == compiled
+    assert isinstance(_plan(sqlite_pairs["synthetic"], query), Plan)
+
+
+def test_large_documents_are_not_kept(sqlite_pairs: dict[str, Pair]) -> None:
+    pair = sqlite_pairs["synthetic"]
+    compiled = pair.compiled.app.state.compiled
+    query = "{ allSeries { totalCount } }" + " " * 100_000
+    reference, answer = pair.both(query, {})
+    assert reference == answer
+    assert query not in compiled.documents
+    assert not any(key[0] == query for key in compiled.plans)
