@@ -9,7 +9,11 @@ Usage (from the repository root, with the project's venv; databases and corpora 
         --real sqlite=sqlite:////tmp/b12/real.db \\
         --real postgresql=postgresql://postgres@127.0.0.1:5432/b12_real \\
         --orthanc /work/shared/data/dcm_qa_nih/In \\
-        [--reps 30] [--wrk-seconds 5] [--rounds 2] [--workers 1,2] [--json FILE]
+        [--reps 30] [--wrk-seconds 5] [--rounds 2] [--workers 1,2,2+nodelay] [--real-workers 1,2+nodelay] \\
+        [--json FILE]
+    .venv/bin/python bench/bench_compiled.py --tables FILE       # print the tables of an earlier --json FILE
+
+Results, commands and the preparation of the databases: docs/benchmarks.md#compiled-execution-issue-12.
 
 `--db` databases (a generated corpus, `bench/gen_corpus.py`, ingested by `dicom-ingest`) give the latency of the
 tree query (bench_api.py's: one patient, exactly `--tree-slices` slices with 10 fields) and of a whole-patient walk
@@ -971,7 +975,7 @@ def print_tables(report: JSONDict, workers: list[str]) -> None:
                 gain = round(b["rps"] / a["rps"], 2) if a["rps"] else "-"
                 print(
                     f"| {key} | {n} | {shape} | {a['rps']} | {b['rps']} | {gain} | "
-                    f"{a['ratio_healthz']} | {b['ratio_healthz']} | {a['p50_ms']}, {b['p50_ms']} | "
+                    f"{a['ratio_healthz']} | {b['ratio_healthz']} | {round(a['p50_ms'], 1)}, {round(b['p50_ms'], 1)} | "
                     f"{a['non_2xx'] + b['non_2xx']} |"
                 )
     if "orthanc_throughput" in report:
