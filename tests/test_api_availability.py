@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -537,3 +538,15 @@ def test_workers_share_one_pseudonym_key(scaled_db: Path, tmp_path: Path) -> Non
         }
     assert len(seen) == 1 and not seen.pop().startswith("SC")  # a pseudonym, the same every time
     assert "no pseudonym key configured" in (tmp_path / "keys.log").read_text()
+
+
+def test_keep_alive_requests_to_several_workers_are_not_held_by_delayed_acks(server: ApiProcess) -> None:
+    """With --workers 2, requests after the first on one keep-alive connection waited ~40 ms each (the listening
+    socket lacked TCP_NODELAY: api.cli.TCPConfig); /healthz itself takes about a millisecond."""
+    with httpx.Client(timeout=30) as client:
+        seconds = []
+        for _ in range(21):
+            started = time.perf_counter()
+            assert client.get(f"{server.url}/healthz").status_code == 200
+            seconds.append(time.perf_counter() - started)
+    assert statistics.median(seconds[1:]) < 0.025, seconds
