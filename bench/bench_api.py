@@ -300,6 +300,12 @@ def _pick_tree(db: sqlite3.Connection, wanted: int) -> JSONDict:
         'JOIN "Study" t USING ("StudyInstanceUID") GROUP BY s."SeriesInstanceUID" ORDER BY 1'
     ):
         sizes.setdefault(patient, []).append(n)
+    return tree_with(sizes, wanted)
+
+
+def tree_with(sizes: dict[str, list[int]], wanted: int) -> JSONDict:
+    """From each patient's series sizes (patients in PatientID order): the patient and per-series cap whose
+    slices add up to exactly `wanted`, the largest cap (fewest slices cut) first, then the first patient."""
     best: tuple[int, str] | None = None
     for patient, counts in sizes.items():
         for cap in range(max(counts), 0, -1):
@@ -307,7 +313,6 @@ def _pick_tree(db: sqlite3.Connection, wanted: int) -> JSONDict:
             if total < wanted:
                 break
             if total == wanted:
-                # Prefer the largest cap (fewest slices cut), then the first patient.
                 if best is None or cap > best[0]:
                     best = (cap, patient)
                 break

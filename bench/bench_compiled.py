@@ -81,7 +81,7 @@ from dicom_db.api.columns import PATIENT, SERIES, SLICE, STUDY, Column, Kind, Ta
 from dicom_db.api.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_api import TREE  # noqa: E402  (the tree query of docs/benchmarks.md#api)
+from bench_api import TREE, tree_with  # noqa: E402  (the tree query of docs/benchmarks.md#api, its choice)
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -315,19 +315,7 @@ def pick_tree(db: Floor, wanted: int) -> JSONDict:
         'GROUP BY t."PatientID", s."SeriesInstanceUID" ORDER BY 1'
     ):
         sizes.setdefault(patient, []).append(n)
-    best: tuple[int, str] | None = None
-    for patient, counts in sizes.items():
-        for cap in range(max(counts), 0, -1):
-            total = sum(min(c, cap) for c in counts)
-            if total < wanted:
-                break
-            if total == wanted:
-                if best is None or cap > best[0]:
-                    best = (cap, patient)
-                break
-    if best is None:
-        raise SystemExit(f"no patient has a tree of exactly {wanted} slices under a per-series cap")
-    return {"patientId": best[1], "perSeries": best[0]}
+    return tree_with(sizes, wanted)
 
 
 def latency_cases(db: Floor, tree_slices: int) -> list[Case]:
