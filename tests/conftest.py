@@ -16,6 +16,8 @@ import asyncpg
 import pydicom
 import pytest
 
+from dicom_db.model import registry
+
 PYDICOM_DATA = Path(pydicom.__file__).parent / "data"
 TEST_FILES = PYDICOM_DATA / "test_files"
 DICOMDIR_TESTS = TEST_FILES / "dicomdirtests"
@@ -43,6 +45,11 @@ def run_ingest(*args: str | os.PathLike[str], check: int | None = None, **kwargs
 def rows(db: Path, sql: str, params: tuple = ()) -> list[tuple]:
     with sqlite3.connect(db) as conn:
         return conn.execute(sql, params).fetchall()
+
+
+def dumped_at(table: str, column: str) -> int:
+    """The position of `column` in a dumped row (dump_tables and the PostgreSQL dumps order columns by name)."""
+    return sorted(e.column for e in registry.entries(table)).index(column)
 
 
 def dump_tables(db: Path) -> dict[str, list[tuple]]:

@@ -20,20 +20,17 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import dump_tables, fresh_postgres_database, ingest_command, rows, run_ingest
+from conftest import dump_tables, dumped_at, fresh_postgres_database, ingest_command, rows, run_ingest
 from dicom_factory import make_dataset, uid, write_series
 from test_ingest import summary
 from test_ingest_postgres import _pg_dump
-
-from dicom_db.model import registry
 
 
 def _db(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-# dump_tables orders columns by name
-_SLICE_ID = sorted(e.column for e in registry.entries("SliceMetadata")).index("SliceID")
+_SLICE_ID = dumped_at("SliceMetadata", "SliceID")
 
 
 def _without_slice_ids(tables: dict[str, list[tuple]]) -> dict[str, list[tuple]]:

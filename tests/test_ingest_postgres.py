@@ -11,12 +11,11 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from conftest import DICOMDIR_TESTS, dump_tables, fresh_postgres_database, run_ingest
+from conftest import DICOMDIR_TESTS, dump_tables, dumped_at, fresh_postgres_database, run_ingest
 from dicom_factory import write_series
 from test_ingest import summary
 
 from dicom_db.ingest.db import DatabaseError, Store
-from dicom_db.model import registry
 
 
 @pytest.fixture
@@ -24,11 +23,6 @@ def pg_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
     with fresh_postgres_database(f"dicomdb_test_{uuid.uuid4().hex[:12]}") as url:
         yield url
-
-
-def _at(table: str, column: str) -> int:
-    """The position of `column` in a dumped row (columns by name, as dump_tables)."""
-    return sorted(e.column for e in registry.entries(table)).index(column)
 
 
 async def _pg_dump(url: str) -> dict[str, list[tuple]]:
@@ -70,7 +64,7 @@ def test_postgres_duplicates_and_changes(pg_url: str, tmp_path: Path) -> None:
     write_series(tmp_path / "in" / "a", count=3, patient_id="PAT-9", study="s9", series="se9")
     run_ingest(tmp_path / "in", "--db", pg_url, check=0)
     dump = asyncio.run(_pg_dump(pg_url))
-    assert [r[_at("Patient", "PatientID")] for r in dump["Patient"]] == ["PAT-9"]
+    assert [r[dumped_at("Patient", "PatientID")] for r in dump["Patient"]] == ["PAT-9"]
     assert len(dump["SliceMetadata"]) == 3
 
 
@@ -85,7 +79,7 @@ def test_postgres_url_options_and_numbers_beyond_its_integer(pg_url: str, tmp_pa
     run_ingest(tmp_path / "in", "--db", f"sqlite:///{sqlite_db}", check=0)
     dump = asyncio.run(_pg_dump(pg_url))
     assert dump == dump_tables(sqlite_db)
-    number = _at("SliceMetadata", "SliceNumber")
+    number = dumped_at("SliceMetadata", "SliceNumber")
     assert sorted((r[number] is None) for r in dump["SliceMetadata"]) == [False, False, True]
 
 
