@@ -42,7 +42,12 @@ class Settings:
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default
     default_page_size: int = 100  # `first` when a connection is asked without it
     max_page_size: int = 1000  # the largest `first` accepted (and the largest `groupBy` list)
-    pool_size: int = 16  # database connections kept open per worker; each request holds one while it runs
+    # Database connections kept open per worker; a request holds one from its first statement to its end, so this
+    # is also how many requests a worker serves at once (the others wait for a connection, in order). Few: a worker
+    # has one core's worth of Python, and more requests at once only interleave on its event loop, where each adds
+    # to the wait of `/healthz` and of every other request (bench/bench_abuse.py, docs/benchmarks.md: /healthz p99
+    # 73-563 ms with 16, 18-23 ms with 4, at the same throughput).
+    pool_size: int = 4
     busy_timeout_ms: int = 5000  # how long an SQLite read waits for a writer's lock
     graphiql: bool = True  # serve GraphiQL on GET /graphql to browsers
     introspection: bool = True
