@@ -40,7 +40,7 @@ from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 from dicom_db.api.compiler import MARKER, Compiler, NotCompiled, Plan
 from dicom_db.api.db import Database
 from dicom_db.api.errors import QueryTooComplex
-from dicom_db.api.inputs import input_errors
+from dicom_db.api.inputs import input_errors, variables_over_limits
 from dicom_db.api.limits import Budget, shape_errors
 from dicom_db.api.masking import FULL
 from dicom_db.api.settings import Settings
@@ -141,6 +141,10 @@ class CompiledExecution:
         if isinstance(document, str):
             return None, document
         variables = request_data.variables
+        if isinstance(variables, dict) and variables_over_limits(variables, self.settings):
+            # Refused before the variables are encoded into the cache key (an `or` of thousands of filters costs
+            # more to encode than to refuse); the resolvers' guard reuses the measurement to say why.
+            return None, "inputs over the limits"
         operation_name = request_data.operation_name
         rows = self.database.table_rows
         try:

@@ -52,21 +52,44 @@ class Size:
 
 def measure_json(value: Any, stop_depth: int) -> Size:
     """The size of a JSON value (a raw variable), without recursion; the walk stops below `stop_depth` objects
-    (the value is already too deep)."""
-    size = Size()
+    (the value is already too deep). Only containers are pushed: scalars are most of a large variable."""
+    if type(value) is not dict and type(value) is not list:
+        return Size()
+    objects = longest = deepest = 0
     stack: list[tuple[Any, int]] = [(value, 0)]
+    pop, push = stack.pop, stack.append
     while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
+        item, depth = pop()
+        if type(item) is dict:
             depth += 1
-            size.objects += 1
-            size.depth = max(size.depth, depth)
-            if depth <= stop_depth:
-                stack.extend((v, depth) for v in item.values())
-        elif isinstance(item, list):
-            size.longest = max(size.longest, len(item))
-            stack.extend((v, depth) for v in item)
-    return size
+            objects += 1
+            deepest = max(deepest, depth)
+            if depth > stop_depth:
+                continue
+            children: Any = item.values()
+        else:  # a list
+            longest = max(longest, len(item))
+            children = item
+        for child in children:
+            if type(child) is dict or type(child) is list:
+                push((child, depth))
+    return Size(deepest, objects, longest)
+
+
+# The variables last measured, by identity: the compiled path (api.compiled) checks a request, and when it refuses,
+# the resolvers' guard (api.limits) checks the same request again; a large variable (an `or` of thousands of filters)
+# is then walked once, not twice. The entry holds the value itself, so the identity cannot be reused meanwhile.
+_last_measured: tuple[Any, int, dict[str, Size]] | None = None
+
+
+def measure_variables(variables: dict[str, Any], stop_depth: int) -> dict[str, Size]:
+    global _last_measured
+    last = _last_measured
+    if last is not None and last[0] is variables and last[1] == stop_depth:
+        return last[2]
+    measured = {name: measure_json(value, stop_depth) for name, value in variables.items()}
+    _last_measured = (variables, stop_depth, measured)
+    return measured
 
 
 def measure_ast(node: ValueNode, variables: dict[str, Size]) -> Size:
@@ -87,13 +110,21 @@ def measure_ast(node: ValueNode, variables: dict[str, Size]) -> Size:
     return size
 
 
+def variables_over_limits(variables: dict[str, Any], settings: Settings) -> bool:
+    """Whether a variable, measured on its own, is over a limit (`input_errors` says which, and where)."""
+    return any(
+        size.longest > settings.max_list_length
+        or size.depth > settings.max_where_depth
+        or size.objects > settings.max_where_size
+        for size in measure_variables(variables, settings.max_where_depth + 1).values()
+    )
+
+
 def input_errors(document: DocumentNode, variables: Any, settings: Settings) -> list[GraphQLError]:
     """Errors for every argument and variable over a limit (one per limit and name)."""
     errors: dict[tuple[str, str], GraphQLError] = {}
-    measured: dict[str, Size] = {}
-    stop = settings.max_where_depth + 1
-    for name, value in (variables or {}).items() if isinstance(variables, dict) else ():
-        measured[name] = size = measure_json(value, stop)
+    measured = measure_variables(variables, settings.max_where_depth + 1) if isinstance(variables, dict) else {}
+    for name, size in measured.items():
         _check(size, f"variable ${name}", settings, errors)
 
     class Arguments(Visitor):
