@@ -47,7 +47,7 @@ from graphql.execution.values import get_argument_values, get_directive_values
 from strawberry import UNSET
 
 from dicom_db.api.columns import CONVERTERS, TABLES, Column, Kind, Table, camel_case
-from dicom_db.api.db import DATE_PARTS
+from dicom_db.api.db import DATE_PARTS, frames_expr
 from dicom_db.api.filters import compile_where
 from dicom_db.api.masking import FULL
 from dicom_db.api.pagination import (
@@ -225,6 +225,11 @@ class Json:
         """The object `value`, or the marker when there is none (a required relation without its row)."""
         return f"COALESCE({value}, {self.marker})"
 
+    def int32(self, x: str) -> str:
+        """A computed integer that is never null, or the marker beyond GraphQL's Int."""
+        lo, hi = INT32
+        return f"CASE WHEN {x} BETWEEN {lo} AND {hi} THEN {x} ELSE {self.marker} END"
+
 
 class PostgresJson(Json):
     marker = f"to_json(CAST('{MARKER}' AS text))"
@@ -282,6 +287,10 @@ class PostgresJson(Json):
         if kind is Kind.FLOAT_LIST:
             return f"to_json({x})", _nullable(CONVERTERS[Kind.FLOAT_LIST])
         raise NotCompiled(f"a column of kind {kind.value}")
+
+    def int32(self, x: str) -> str:
+        lo, hi = INT32
+        return f"CASE WHEN {x} BETWEEN {lo} AND {hi} THEN to_json({x}) ELSE {self.marker} END"
 
     def raw(self, column: Column | None, x: str) -> tuple[str, Fix | None]:
         if column is not None and column.kind is Kind.FLOAT and not column.value_column:  # DOUBLE PRECISION
@@ -664,6 +673,16 @@ class Compiler:
                 sub = self.alias()
                 where = f"{sub}.{q(table.children.fk)} = {alias}.{q(table.key)}"
                 sql = f"(SELECT COUNT(*) FROM {q(children.name)} {sub} WHERE {where})"
+            elif (table.name, name) == ("Series", "frameCount") and children is not None:
+                self.shapes.add("frame count")
+                sub = self.alias()
+                assert table.children is not None
+                where = f"{sub}.{q(table.children.fk)} = {alias}.{q(table.key)}"
+                # As the resolvers' int(SUM(...)), 0 for none (CAST: over text values SQLite's SUM is a float);
+                # beyond GraphQL's Int the resolvers answer an error: the marker sends the request to them.
+                frames = f"COALESCE(CAST(SUM({frames_expr(sub)}) AS BIGINT), 0)"
+                counted = f"SELECT {frames} AS _f FROM {q(children.name)} {sub} WHERE {where}"
+                sql = self.json.sub(f"SELECT {self.json.int32('_fc._f')} FROM ({counted}) _fc")
             elif (table.name, name) in VALUE_LISTS:
                 self.shapes.add("value list")
                 sql = self.value_list(table, name, alias)

@@ -492,7 +492,7 @@ class Database:
         """Per series: its images, an instance of several frames counting its frames (NumberOfFrames)."""
         member = self.dialect.in_values('t0."SeriesInstanceUID"', ":parents", Kind.STRING)
         sql = (
-            'SELECT t0."SeriesInstanceUID", SUM(CASE WHEN t0."NumberOfFrames" > 1 THEN t0."NumberOfFrames" ELSE 1 END) '
+            f'SELECT t0."SeriesInstanceUID", SUM({frames_expr("t0")}) '
             f'FROM "SliceMetadata" t0 WHERE {member} GROUP BY t0."SeriesInstanceUID"'
         )
         rows = await self.fetch(sql, {"parents": json_list(series)})
@@ -686,6 +686,11 @@ def _too_complex(exc: Exception) -> bool:
     if isinstance(exc, sqlite3.OperationalError):
         return any(phrase in str(exc) for phrase in _SQLITE_TOO_COMPLEX)
     return str(getattr(exc, "sqlstate", "") or "").startswith("54")
+
+
+def frames_expr(alias: str) -> str:
+    """The images of one SliceMetadata row: its frames when it has several (enhanced multi-frame), else 1."""
+    return f'CASE WHEN {alias}."NumberOfFrames" > 1 THEN {alias}."NumberOfFrames" ELSE 1 END'
 
 
 # A `:name` parameter as SQLAlchemy's text() finds it (`databases` compiles statements with it): not a `::` cast.

@@ -155,6 +155,8 @@ SHAPES: list[tuple[str, dict[str, Any]]] = [
     ),
     ('{ allPatients(where: {studies: {some: {series: {some: {modality: {eq: "CT"}}}}}}) { nodes { patientId } } }', {}),
     ("{ allSeries(first: 0) { totalCount pageInfo { hasNextPage startCursor endCursor } nodes { modality } } }", {}),
+    ("{ allSeries { nodes { seriesInstanceUid sliceCount frameCount } } }", {}),
+    ('{ study(studyInstanceUid: "none") { series { nodes { frameCount } } } }', {}),
     (
         "{ allSlices(orderBy: [{field: ACQUISITION_DATE}, {field: IMAGE_POSITION_PATIENT, direction: DESC}], first: 4) "
         "{ edges { cursor } } }",
@@ -302,6 +304,8 @@ ODD_VALUES: dict[tuple[str, str], list[Any]] = {
     ("SliceMetadata", "RescaleSlope"): [1.0, 1e29, 1e31, 2.5],
     ("SliceMetadata", "PixelPaddingValue"): [-(2**31) - 1, 5, None],
     ("Patient", "PatientIDGenerated"): [0, 1, 2],
+    # Series.frameCount sums them (an instance of several frames counts its frames): text, zero, negative, big.
+    ("SliceMetadata", "NumberOfFrames"): [None, 1, 5, 0, -3, "7", "x", 2.5, 2**31 - 10, 2**40],
 }
 KEYS = {"Patient": "PatientID", "Study": "StudyInstanceUID", "Series": "SeriesInstanceUID", "SliceMetadata": "SliceID"}
 
@@ -431,6 +435,7 @@ COMPILES = {
     "nested connection": "{ allPatients { nodes { studies(first: 1) { totalCount nodes { studyDate } } } } }",
     "parent": "{ allSlices { nodes { series { study { patient { patientId } } } } } }",
     "count": "{ allStudies { totalCount nodes { seriesCount modalities } } }",
+    "frame count": "{ allSeries { nodes { sliceCount frameCount } } }",
     "groupBy": "{ allStudies { groupBy(field: STUDY_DATE, datePart: YEAR) { value count } } }",
     "fragment": "fragment F on Study { studyDate } { allStudies { nodes { ...F ... on Study { studyId } } } }",
     "raw": "{ allSlices { nodes { raw id __typename } } }",
@@ -473,6 +478,7 @@ def test_which_shapes_compile_and_which_fall_back(sqlite_pairs: dict[str, Pair])
         "nested connection",
         "parent",
         "count",
+        "frame count",
         "groupBy",
         "fragment",
         "inline fragment",
