@@ -216,12 +216,14 @@ class CompiledExecution:
                 rows = await self.database.fetch(root_field.sql, root_field.params)
             except QueryTooComplex:
                 # Past the database's limits (SQLite's parser stack bounds how deeply a statement nests).
+                await self.database.recover()
                 raise TooComplex("a statement too deep for the database") from None
             except Exception as exc:
-                # A value SQLite's JSON cannot hold (a BLOB), or the database failing: the resolvers run the
-                # request and answer as they do, with their own error if it fails again. (On PostgreSQL a failed
-                # statement ends the transaction, so there they will fail too, masked as any unexpected error.)
+                # A value SQLite's JSON cannot hold (a BLOB), a PostgreSQL cast that fails on a stored value, or
+                # the database failing: the resolvers run the request and answer as they do, with their own error
+                # if it fails again.
                 log.debug("a compiled statement failed, running the resolvers: %s", exc)
+                await self.database.recover()
                 raise NotCompiled("a statement that failed") from None
             text = rows[0][0]
             if text is None:

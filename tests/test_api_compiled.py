@@ -35,9 +35,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
+from dicom_db.api import compiled as compiled_module
 from dicom_db.api.app import create_app
 from dicom_db.api.auth import AccessLevel, Token
-from dicom_db.api.compiler import Plan
+from dicom_db.api.compiler import Compiler, Plan, RootField
 from dicom_db.api.masking import FULL, Access
 from dicom_db.api.schema import sdl
 from dicom_db.api.settings import Settings
@@ -496,6 +497,28 @@ def test_a_repeated_query_is_planned_once(sqlite_pairs: dict[str, Pair]) -> None
     first = _plan(pair, query, {"n": 2})
     assert _plan(pair, query, {"n": 2}) is first
     assert _plan(pair, query, {"n": 3}) is not first  # the page size is in the statement
+
+
+def test_a_statement_that_fails_on_postgres_falls_back(postgres_pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed statement aborts PostgreSQL's transaction: the resolvers must still answer in the same request."""
+
+    class Failing(Compiler):
+        def operation(self, operation: Any) -> Plan:
+            plan = super().operation(operation)
+            first = plan.fields[0]
+            failing = RootField(first.key, "SELECT CAST(CAST(1 / 0 AS text) AS json)", {}, None)
+            return Plan((failing, *plan.fields[1:]), plan.shapes)
+
+    monkeypatch.setattr(compiled_module, "Compiler", Failing)
+    pair = postgres_pair
+    pair.outcomes.clear()
+    query = "{ failing: allStudies(first: 2) { nodes { id studyDate } } allSeries { totalCount } }"
+    reference, compiled = pair.both(query, {})
+    assert reference == compiled, _first_difference(reference, compiled)
+    assert b'"errors"' not in compiled[2]
+    assert pair.outcomes == Counter({"a statement that failed": 1}), pair.outcomes
+    monkeypatch.undo()
+    pair.compiled.app.state.compiled.plans.clear()
 
 
 def test_statements_per_request(sqlite_pairs: dict[str, Pair]) -> None:
