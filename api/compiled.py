@@ -1,6 +1,6 @@
 """The compiled execution path: the database builds the response, Python checks, caches and sends it.
 
-For a request it can take (one query operation, full access, a shape `api.compiler` knows), `CompiledExecution`
+For a request it can take (one query operation, a shape `api.compiler` knows, any access level), `CompiledExecution`
 runs the checks the resolvers' path runs before executing (`api.limits`: parse with the token limit, input sizes,
 depth and aliases, validation, variables, the node budget) and, when none refuses, one SQL statement per root
 field. Whenever any check refuses, or the compiler does not know a field, or a value comes back that the SQL
@@ -8,8 +8,10 @@ could not type exactly (`api.compiler.MARKER`), it answers None and the request 
 as before: they stay the reference, and they produce every error. So errors are the resolvers' own, by
 construction, and data is checked against them by tests/test_api_compiled.py.
 
-Parsed and validated documents are cached by text, plans by document, operation, variables and the tables' row
-counts (the node budget depends on them): a repeated query pays neither parsing nor planning.
+Parsed and validated documents are cached by text, plans by document, operation, variables, the tables' row
+counts (the node budget depends on them) and the access (a plan masks as its level does, with the server's
+pseudonyms): a repeated query pays neither parsing nor planning. Plans hold no data: pseudonyms are computed
+anew for every response.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from dicom_db.api.db import Database
 from dicom_db.api.errors import QueryTooComplex
 from dicom_db.api.inputs import input_errors, variables_over_limits
 from dicom_db.api.limits import Budget, shape_errors
-from dicom_db.api.masking import FULL
+from dicom_db.api.masking import FULL, Access
 from dicom_db.api.settings import Settings
 
 log = logging.getLogger("dicom_api.compiled")
@@ -88,7 +90,7 @@ class TooComplex(NotCompiled):
 
 
 def _size(key: tuple[Any, ...]) -> int:
-    query, _, variables, _ = key
+    query, _, variables, _, _ = key
     return len(query) + len(variables)
 
 
@@ -135,8 +137,6 @@ class CompiledExecution:
         if not isinstance(query, str):
             return None, "no query"
         access = getattr(context, "access", FULL)
-        if access.deidentified:
-            return None, "de-identified access"
         document = self.document(query)
         if isinstance(document, str):
             return None, document
@@ -148,13 +148,20 @@ class CompiledExecution:
         operation_name = request_data.operation_name
         rows = self.database.table_rows
         try:
-            key = (query, operation_name, json.dumps(variables, sort_keys=True), tuple(sorted((rows or {}).items())))
+            # The access (its level, and the server's pseudonyms): a plan's masking and checks are one level's.
+            key = (
+                query,
+                operation_name,
+                json.dumps(variables, sort_keys=True),
+                tuple(sorted((rows or {}).items())),
+                access,
+            )
         except (TypeError, ValueError):
             return None, "variables that are not JSON"
         plan = self.plans.get_recent(key)
         if plan is _MISSING:
             try:
-                plan = self._plan(document, variables, operation_name, rows)
+                plan = self._plan(document, variables, operation_name, rows, access)
             except Exception:  # a bug in a check: the resolvers' path runs the same check, and masks what it raises
                 log.exception("planning a compiled query failed; the resolvers run it")
                 return None, "a check that failed"
@@ -180,7 +187,12 @@ class CompiledExecution:
         return document
 
     def _plan(
-        self, document: Document, variables: Any, operation_name: str | None, rows: dict[str, int] | None
+        self,
+        document: Document,
+        variables: Any,
+        operation_name: str | None,
+        rows: dict[str, int] | None,
+        access: Access,
     ) -> Plan | str:
         """The checks of api.limits.QueryGuard that depend on variables, then the compiler."""
         if input_errors(document.node, variables, self.settings):
@@ -196,7 +208,7 @@ class CompiledExecution:
         root = self.schema.get_root_type(operation.operation)
         if root is None:
             return "no root type"
-        budget = Budget(self.schema, document.fragments, coerced, self.settings, FULL, rows)
+        budget = Budget(self.schema, document.fragments, coerced, self.settings, access, rows)
         nodes = budget.selection_set(operation.selection_set, root, 1, True, None).nodes
         if budget.forbidden or budget.unstorable or nodes > self.settings.max_nodes:
             return "a query the limits refuse"
@@ -204,9 +216,10 @@ class CompiledExecution:
             # The resolvers' guard hands it to a heavy process (api.heavy), where it is compiled in turn.
             return "a heavy request"
         try:
-            return Compiler(self.schema, document.fragments, coerced, self.settings, self.database.dialect).operation(
-                operation
+            compiler = Compiler(
+                self.schema, document.fragments, coerced, self.settings, self.database.dialect, access=access
             )
+            return compiler.operation(operation)
         except NotCompiled as exc:
             return str(exc)
 
@@ -222,12 +235,14 @@ class CompiledExecution:
                 rows = await fetch(root_field.sql, root_field.params)
             except QueryTooComplex:
                 # Past the database's limits (SQLite's parser stack bounds how deeply a statement nests).
+                await self.database.recover()
                 raise TooComplex("a statement too deep for the database") from None
             except Exception as exc:
-                # A value SQLite's JSON cannot hold (a BLOB), or the database failing: the resolvers run the
-                # request and answer as they do, with their own error if it fails again. (On PostgreSQL a failed
-                # statement ends the transaction, so there they will fail too, masked as any unexpected error.)
+                # A value SQLite's JSON cannot hold (a BLOB), a PostgreSQL cast that fails on a stored value, or
+                # the database failing: the resolvers run the request and answer as they do, with their own error
+                # if it fails again.
                 log.debug("a compiled statement failed, running the resolvers: %s", exc)
+                await self.database.recover()
                 raise NotCompiled("a statement that failed") from None
             text = rows[0][0]
             if text is None:

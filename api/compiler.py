@@ -11,8 +11,9 @@ What the SQL cannot type exactly as the resolvers do (a float beyond what SQLite
 integer beyond GraphQL's 32 bits, a date text Python would read and SQL would not, a missing parent row) comes
 out as `MARKER`, and the operation then runs on the resolvers. A few values are typed in Python after the JSON
 is read (`Fix`): lists of numbers from backslash-joined text (with `api.columns.CONVERTERS` itself), cursors
-(`api.pagination.encode_cursor`), facet values as text, and PostgreSQL's floats, which it sends as text so that
-no digit is lost. Anything else the compiler does not know raises `NotCompiled`, and the resolvers run it.
+(`api.pagination.encode_cursor`), facet values as text, PostgreSQL's floats, which it sends as text so that
+no digit is lost, and what a de-identifying access level shows (`api.masking`: pseudonyms, shifted dates on
+PostgreSQL). Anything else the compiler does not know raises `NotCompiled`, and the resolvers run it.
 """
 
 from __future__ import annotations
@@ -49,20 +50,21 @@ from strawberry import UNSET
 from dicom_db.api.columns import CONVERTERS, TABLES, Column, Kind, Table, camel_case
 from dicom_db.api.db import DATE_PARTS, frames_expr
 from dicom_db.api.filters import compile_where
-from dicom_db.api.masking import FULL
+from dicom_db.api.masking import FULL, UID_HASHES, Access, Treatment, treatment
 from dicom_db.api.pagination import (
     OrderKey,
     after_branches,
     decode_cursor,
     encode_cursor,
     fingerprint,
+    key_expr,
     order_exprs,
     order_keys,
 )
 from dicom_db.api.pagination import order_sql as pagination_order_sql
 from dicom_db.api.pagination import page_size as checked_page_size
 from dicom_db.api.settings import Settings
-from dicom_db.api.sql import POSTGRES, TRUE, Dialect, Fragment, q, value_expr
+from dicom_db.api.sql import POSTGRES, TRUE, Dialect, Fragment, patient_expr, q, shifted_expr, value_expr
 
 # A value the SQL could not type as the resolvers would: the operation runs on the resolvers instead. A stored
 # value that happens to hold this text only costs that detour.
@@ -379,6 +381,11 @@ def _finite_float(value: Any) -> float | None:
     return number
 
 
+def _iso(value: Any) -> str | None:
+    """A date as GraphQL's Date shows it."""
+    return None if value is None else value.isoformat()
+
+
 def _value_text(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -480,12 +487,14 @@ class Compiler:
         variables: dict[str, Any],
         settings: Settings,
         dialect: Dialect,
+        access: Access = FULL,
     ) -> None:
         self.schema = schema
         self.fragments = fragments
         self.variables = variables
         self.settings = settings
         self.dialect = dialect
+        self.access = access
         self.json = json_for(dialect)
         self.shapes: set[str] = set()
         self.aliases = itertools.count()
@@ -609,10 +618,35 @@ class Compiler:
                 raise NotCompiled(f"Query.{name}({arg_name})")
             self.shapes.add("lookup")
             alias = self.alias()
+            found = self.lookup(table, column, alias, value)
+            if found is None:
+                return RootField(key, None, constant=None)
             obj, fix = self.row(table, named, self.sub_fields(named, nodes), alias)
-            select = f"SELECT {obj} FROM {q(table.name)} {alias} WHERE {alias}.{q(column.name)} = {self.param(value)}"
+            select = f"SELECT {obj} FROM {q(table.name)} {alias} WHERE {found}"
             return RootField(key, f"SELECT ({select})", dict(self.params), fix)
         raise NotCompiled(f"Query.{name}")
+
+    def lookup(self, table: Table, column: Column, alias: str, value: str) -> str | None:
+        """The condition finding a lookup's row as the resolvers do (`Query.patient`, `_by_uid` in api.schema and
+        `Database.rows_by_keys`): by pseudonym or pseudonymous UID when the access shows those; None when `value`
+        cannot be one (the resolvers answer null)."""
+        x = f"{alias}.{q(column.name)}"
+        how = self.access.treatment(table, column)
+        if how is Treatment.PSEUDONYM:
+            return f"{self.dialect.pseudonym(x)} = {self.param(value)}"
+        if how is Treatment.UID:
+            pseudonyms = self.access.pseudonyms
+            assert pseudonyms is not None
+            if UID_HASHES.get(table.name, ("",))[0] != column.name:
+                raise NotCompiled(f"a lookup by {column.name}")
+            digest = pseudonyms.uid_digest(value)
+            if digest is None:
+                return None
+            self.shapes.add("pseudonymous UID lookup")
+            # The stored digest, indexed; a database made before it stored digests computes it per row.
+            held = f"{alias}.{q(UID_HASHES[table.name][1])}" if pseudonyms.stored_digests else self.dialect.uid_hash(x)
+            return f"{held} = {self.param(digest)}"
+        return f"{x} = {self.param(value)}"
 
     def alias(self) -> str:
         return f"c{next(self.aliases)}"
@@ -634,17 +668,17 @@ class Compiler:
                 self.shapes.add("__typename")
                 sql = self.json.text(type_.name)
             elif name in by_field:
-                column = by_field[name]
-                sql, fix = self.json.typed(column, f"{alias}.{q(column.value_column or column.name)}")
+                sql, fix = self.field_value(table, by_field[name], alias)
             elif name == "id":
-                column = table.by_name[ID_COLUMNS.get(table.name, table.key)]
-                x = f"{alias}.{q(column.name)}"
-                sql = f"CASE WHEN {x} IS NULL THEN {self.json.marker} ELSE {self._id(type_.name, x)} END"
+                sql, fix = self.id_value(table, type_.name, alias)
             elif name == "raw":
                 self.shapes.add("raw")
                 raw_pairs, raw_fixes = [], []
                 for column in table.columns:
-                    value, column_fix = self.json.raw(column, f"{alias}.{q(column.name)}")
+                    if self.access.treatment(table, column) is Treatment.STORED:
+                        value, column_fix = self.json.raw(column, f"{alias}.{q(column.name)}")
+                    else:
+                        value, column_fix = self.shown(table, column, alias)
                     raw_pairs.append((column.name, value))
                     if column_fix is not None:
                         raw_fixes.append((column.name, column_fix))
@@ -692,6 +726,78 @@ class Compiler:
             if fix is not None:
                 fixes.append((key, fix))
         return self.json.obj(pairs), _object_fix(fixes)
+
+    # Columns as the request's access shows them: `api.masking.Access.row` (what `shown` mirrors), then the row
+    # reader (`api.columns.CONVERTERS`) for typed fields. Nulls and set values are SQL constants; pseudonyms, and
+    # shifted dates on PostgreSQL, are computed by `api.masking.Pseudonyms` itself after the JSON is read (a
+    # `Fix`), so that there is one implementation of each.
+
+    def field_value(self, table: Table, column: Column, alias: str) -> tuple[str, Fix | None]:
+        """A column's typed field, as this access shows it."""
+        how = self.access.treatment(table, column)
+        if how is Treatment.STORED:
+            return self.json.typed(column, f"{alias}.{q(column.value_column or column.name)}")
+        if column.value_column:  # the reader would read the twin, which masking leaves as stored
+            raise NotCompiled("a masked column with a numeric twin")
+        if how is Treatment.NULL and not column.required:
+            return "NULL", None
+        if how is Treatment.CONSTANT and column.kind is Kind.STRING:
+            return self.shown(table, column, alias)
+        if how in (Treatment.PSEUDONYM, Treatment.UID) and column.kind is Kind.STRING:
+            return self.shown(table, column, alias)
+        if how is Treatment.SHIFTED and column.kind is Kind.DATE:
+            sql, shift = self.shown(table, column, alias)
+            if shift is None:  # an ISO date or null already (Pseudonyms.shift_date)
+                return sql, None
+            return sql, lambda pair: _iso(CONVERTERS[Kind.DATE](shift(pair)))
+        raise NotCompiled(f"a {how.value} column of kind {column.kind.value}")
+
+    def shown(self, table: Table, column: Column, alias: str) -> tuple[str, Fix | None]:
+        """The value `api.masking.Access.row` puts in place of a masked column's stored one (what `raw` shows)."""
+        how = self.access.treatment(table, column)
+        x = f"{alias}.{q(column.name)}"
+        pseudonyms = self.access.pseudonyms
+        assert pseudonyms is not None, "de-identified access needs the server's pseudonyms"
+        if how is Treatment.NULL:
+            return "NULL", None
+        if how is Treatment.CONSTANT:
+            _, value = treatment(column, self.access.level.options)
+            assert value is not None
+            return self.json.text(value), None
+        stored, _ = self.json.raw(None, x)  # the value as the driver returns it (floats exactly, or the marker)
+        if how is Treatment.PSEUDONYM:
+            return stored, pseudonyms
+        if how is Treatment.UID:
+            return stored, pseudonyms.uid
+        if how is Treatment.SHIFTED:
+            self.shapes.add("shifted date")
+            if not isinstance(self.json, PostgresJson):
+                # SQLite's shift_date is `Pseudonyms.shift_date` itself, registered on each connection, given the
+                # values the driver would give Python: the shown value, computed by one implementation.
+                return shifted_expr(table, column, alias, self.dialect), None
+            # PostgreSQL's own date arithmetic differs at the edges (invalid dates raise, years before 1 exist):
+            # Python shifts the stored text, given the patient's ID.
+            patient, _ = self.json.raw(None, patient_expr(table, alias))
+
+            def shift(pair: Any) -> Any:
+                return pseudonyms.shift_date(pair[0], pair[1])
+
+            return self.json.array([stored, patient]), shift
+        raise NotCompiled(f"a {how.value} column")
+
+    def id_value(self, table: Table, type_name: str, alias: str) -> tuple[str, Fix | None]:
+        """`id`: the type and the row's key as this access shows it."""
+        column = table.by_name[ID_COLUMNS.get(table.name, table.key)]
+        x = f"{alias}.{q(column.name)}"
+        how = self.access.treatment(table, column)
+        if how is Treatment.STORED:
+            return f"CASE WHEN {x} IS NULL THEN {self.json.marker} ELSE {self._id(type_name, x)} END", None
+        if how not in (Treatment.PSEUDONYM, Treatment.UID):
+            raise NotCompiled(f"an id whose key is {how.value}")
+        stored, keyed = self.shown(table, column, alias)
+        assert keyed is not None
+        prefix = type_name + ":"
+        return f"CASE WHEN {x} IS NULL THEN {self.json.marker} ELSE {stored} END", lambda v: prefix + str(keyed(v))
 
     def _id(self, type_name: str, x: str) -> str:
         text = f"{_literal(type_name + ':')} || {x}"
@@ -744,10 +850,10 @@ class Compiler:
             for o in order_by or ()
         ]
         try:
-            order = order_keys(table, items or None, nested=parent is not None, access=FULL)
+            order = order_keys(table, items or None, nested=parent is not None, access=self.access)
             limit = checked_page_size(first, self.settings.default_page_size, self.settings.max_page_size)
             cursor = decode_cursor(table, after, order) if after is not None else None
-            where = compile_where(table, _wrap(where_input) if where_input else None, self.dialect, alias, FULL)
+            where = compile_where(table, _wrap(where_input) if where_input else None, self.dialect, alias, self.access)
         except GraphQLError:  # the resolvers report it, at its path
             raise NotCompiled(REFUSED_ARGUMENTS) from None
         conditions = []
@@ -880,7 +986,9 @@ class Compiler:
             column = table.by_name[key.column]
             expr = value_expr(column, alias, self.dialect)
             raw_column = column if column.kind is not Kind.INT_TEXT else None
-            if raw_column is not None and column.value_column and isinstance(self.json, PostgresJson):
+            if key.pseudonym or key.shifted:  # text the database computes, as in the resolvers' pages
+                sql, fix = self.json.raw(None, key_expr(table, key, alias, self.dialect))
+            elif raw_column is not None and column.value_column and isinstance(self.json, PostgresJson):
                 sql, fix = self.json.raw_float(expr)
             else:
                 sql, fix = self.json.raw(raw_column, expr)
@@ -907,12 +1015,20 @@ class Compiler:
             limit = checked_page_size(args.get("first"), self.settings.max_page_size, self.settings.max_page_size)
         except GraphQLError:
             raise NotCompiled(REFUSED_ARGUMENTS) from None
-        value = value_expr(column, alias, self.dialect)
+        if self.access.forbids(column, table):  # api.limits refuses it first; the resolvers say how
+            raise NotCompiled("a groupBy the access forbids")
+        how = self.access.treatment(table, column)
+        if how is Treatment.SHIFTED:
+            value = shifted_expr(table, column, alias, self.dialect)
+        else:
+            value = value_expr(column, alias, self.dialect)
         if date_part is not None:
             value = (
                 f"(CASE WHEN {self.dialect.is_iso_date(value)} THEN substr({value}, 1, {DATE_PARTS[date_part]}) END)"
             )
-        ranking = f"COUNT(*) DESC, ({value}) IS NULL, {value}"  # api.db.Database.groups' order
+        # api.db.Database.groups' order; values shown as pseudonymous UIDs break ties by a keyed hash.
+        tie = self.dialect.pseudonym(value) if how is Treatment.UID else value
+        ranking = f"COUNT(*) DESC, ({value}) IS NULL, {tie}"
         groups = (
             f"SELECT {value} AS _v, COUNT(*) AS _n, ROW_NUMBER() OVER (ORDER BY {ranking}) AS _rn "
             f"FROM {q(table.name)} {alias} WHERE {filtered} GROUP BY 1 ORDER BY {ranking} LIMIT {limit}"
@@ -925,6 +1041,9 @@ class Compiler:
         else:
             value_sql, value_fix = self.json.raw(raw_column, "_g._v")
         as_text = _bool_text if column.kind is Kind.BOOL else _value_text
+        if how is Treatment.UID:  # the client sees pseudonyms (api.types Connection._groups)
+            assert self.access.pseudonyms is not None
+            as_text = self.access.pseudonyms.uid
         text_fix: Fix = as_text if value_fix is None else (lambda v: as_text(value_fix(v)))
         pairs, fixes = [], []
         for key, field_nodes in self.sub_fields(group_type, nodes).items():

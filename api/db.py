@@ -316,6 +316,16 @@ class Database:
             raise
         return [tuple(r) for r in records]
 
+    async def recover(self) -> None:
+        """After a statement of the request being served failed, and what the request read so far is dropped:
+        on PostgreSQL the failure aborted the request's transaction, and every later statement would fail too,
+        so it is rolled back and begun again (a fresh snapshot, which is all the request will read). SQLite's
+        transaction survives a failed statement. Costs nothing while statements succeed (unlike a SAVEPOINT
+        before each)."""
+        session = _SESSION.get()
+        if session is not None and session.db is self and self.dialect is not SQLITE:
+            await session.restart()
+
     async def _one_off(self, sql: str, values: dict[str, Any] | None, counted: bool = True) -> list[tuple[Any, ...]]:
         connection = await self._checkout(begin=False)
         try:
@@ -641,6 +651,21 @@ class Session:
             self._running.discard(task)
             if connection is self._alone:
                 self._alone = None
+                await self.db._checkin(connection)
+
+    async def restart(self) -> None:
+        """Roll back the request's transaction and begin it again (`Database.recover`); a connection that cannot
+        is given back to be replaced, and the next statement takes another."""
+        async with self._lock:
+            connection = self._connection
+            if connection is None or self._closed:
+                return
+            try:
+                await self.db._reset(connection)
+                await _execute(connection, READ_TRANSACTION[self.db.dialect.name])
+            except Exception as exc:
+                log.warning("a database connection could not begin again (%s); replacing it", _describe(exc))
+                self._connection = None
                 await self.db._checkin(connection)
 
     def interrupt(self) -> None:

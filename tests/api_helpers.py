@@ -33,6 +33,29 @@ CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 UID_ROOT = "1.2.826.0.1.3680043.10.543"  # a private root for test UIDs
 
+# Tokens of every access level the tests use: the built-in full and deidentified, and levels declared in a tokens
+# file (other option sets), with the suite's pseudonym key.
+FULL_TOKEN = "full-token-0123456789abcdefXYZ"
+DEID_TOKEN = "deid-token-0123456789abcdefXYZ"
+KEY = b"a pseudonym key of the test suite"
+LEVELS_FILE = f"""# levels beside the built-in full and deidentified
+level basic
+level descriptions retain-longitudinal-modified-dates, retain-patient-characteristics clean-descriptors
+level research retain-uids retain-longitudinal-full-dates retain-patient-characteristics
+{FULL_TOKEN} full alice
+{DEID_TOKEN} deidentified bob
+basic-token-0123456789abcdefXYZ basic carol
+desc-token-0123456789abcdefXYZZ descriptions dave
+research-token-0123456789abcdefX research erin
+"""
+LEVEL_TOKENS = {
+    "full": FULL_TOKEN,
+    "deidentified": DEID_TOKEN,
+    "basic": "basic-token-0123456789abcdefXYZ",
+    "descriptions": "desc-token-0123456789abcdefXYZZ",
+    "research": "research-token-0123456789abcdefX",
+}
+
 
 class Invalid:
     """A value its attribute's VR does not allow, stored as text (as a real-world malformed file would)."""

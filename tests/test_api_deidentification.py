@@ -28,7 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_helpers import UID_ROOT, TestClient, TokenClient, ingest_into, write_series
+from api_helpers import (
+    DEID_TOKEN,
+    FULL_TOKEN,
+    KEY,
+    LEVEL_TOKENS,
+    LEVELS_FILE,
+    UID_ROOT,
+    TestClient,
+    TokenClient,
+    ingest_into,
+    write_series,
+)
 from conftest import DICOMDIR_TESTS, SHARED_DATA, rows
 
 from dicom_db.api.app import create_app
@@ -39,9 +50,6 @@ from dicom_db.api.settings import Settings
 
 pytest_plugins = ["api_fixtures"]
 
-FULL_TOKEN = "full-token-0123456789abcdefXYZ"
-DEID_TOKEN = "deid-token-0123456789abcdefXYZ"
-KEY = b"a pseudonym key of the test suite"
 UID_PSEUDONYM = re.compile(r"2\.25\.(0|[1-9][0-9]*)")
 
 # PS3.15 Table E.1-1 (2024b) for the attributes our columns hold: tag, the Basic Profile's action, and the
@@ -77,24 +85,6 @@ E11: dict[str, tuple[str, str, dict[str, str]]] = {
     "LongitudinalTemporalInfo": ("(0028,0303)", "K", {MD: "=MODIFIED"}),  # E.3.6: MODIFIED when modified
 }
 NOT_DICOM = {"PatientIDGenerated", "SliceID"}  # columns of ours that are no DICOM attribute: kept
-
-LEVELS_FILE = f"""# levels beside the built-in full and deidentified
-level basic
-level descriptions retain-longitudinal-modified-dates, retain-patient-characteristics clean-descriptors
-level research retain-uids retain-longitudinal-full-dates retain-patient-characteristics
-{FULL_TOKEN} full alice
-{DEID_TOKEN} deidentified bob
-basic-token-0123456789abcdefXYZ basic carol
-desc-token-0123456789abcdefXYZZ descriptions dave
-research-token-0123456789abcdefX research erin
-"""
-LEVEL_TOKENS = {
-    "full": FULL_TOKEN,
-    "deidentified": DEID_TOKEN,
-    "basic": "basic-token-0123456789abcdefXYZ",
-    "descriptions": "desc-token-0123456789abcdefXYZZ",
-    "research": "research-token-0123456789abcdefX",
-}
 
 
 class Client(TokenClient):
