@@ -64,7 +64,17 @@ from dicom_db.api.pagination import (
 from dicom_db.api.pagination import order_sql as pagination_order_sql
 from dicom_db.api.pagination import page_size as checked_page_size
 from dicom_db.api.settings import Settings
-from dicom_db.api.sql import POSTGRES, TRUE, Dialect, Fragment, patient_expr, q, shifted_expr, value_expr
+from dicom_db.api.sql import (
+    POSTGRES,
+    TRUE,
+    Dialect,
+    Fragment,
+    patient_expr,
+    q,
+    shifted_expr,
+    valid_date,
+    value_expr,
+)
 
 # A value the SQL could not type as the resolvers would: the operation runs on the resolvers instead. A stored
 # value that happens to hold this text only costs that detour.
@@ -306,7 +316,7 @@ class PostgresJson(Json):
         iso = f"{x} ~ '^[0-9]{{4}}-[0-9]{{2}}-[0-9]{{2}}$'"
         maybe = f"length({x}) = 10 AND {x} ~ '[^ -~]|[Ww]'"
         return (
-            f"CASE WHEN {x} IS NULL THEN NULL WHEN {iso} THEN (CASE WHEN {_valid_date(x)} THEN to_json({x}) END) "
+            f"CASE WHEN {x} IS NULL THEN NULL WHEN {iso} THEN (CASE WHEN {valid_date(x)} THEN to_json({x}) END) "
             f"WHEN {maybe} THEN {self.marker} END"
         )
 
@@ -337,16 +347,6 @@ def _subqueries_keep_json() -> bool:
 SUBQUERIES_KEEP_JSON = _subqueries_keep_json()
 
 
-def _valid_date(x: str) -> str:
-    """An ISO date text (already matched as DDDD-DD-DD) that is a real calendar date from year 1 on."""
-    y, m, d = (f"CAST(substr({x}, {a}, {n}) AS INTEGER)" for a, n in ((1, 4), (6, 2), (9, 2)))
-    leap = f"(({_divides(4, y)} AND NOT {_divides(100, y)}) OR {_divides(400, y)})"
-    days = (
-        f"CASE WHEN {m} IN (4, 6, 9, 11) THEN 30 WHEN {m} = 2 THEN (CASE WHEN {leap} THEN 29 ELSE 28 END) ELSE 31 END"
-    )
-    return f"{y} >= 1 AND {m} BETWEEN 1 AND 12 AND {d} >= 1 AND {d} <= ({days})"
-
-
 def _valid_date_flat(x: str) -> str:
     """`_valid_date` for SQLite, with as few parentheses as it takes (a statement's depth is bounded by SQLite's
     parser stack): text compared as text (the digits are zero-padded), converted by arithmetic only. SQLite's own
@@ -355,10 +355,6 @@ def _valid_date_flat(x: str) -> str:
     leap = f"({y} - {y} / 4 * 4 = 0 AND {y} - {y} / 100 * 100 <> 0 OR {y} - {y} / 400 * 400 = 0)"
     days = f"substr('312831303130313130313031', 2 * {m} - 1, 2) + ({m} = '02' AND {leap})"
     return f"{y} <> '0000' AND {m} BETWEEN '01' AND '12' AND {d} >= '01' AND {d} + 0 <= {days}"
-
-
-def _divides(n: int, y: str) -> str:
-    return f"({y} - ({y} / {n}) * {n} = 0)"  # integer division on both databases; no '%' in SQL text (see FORMAT)
 
 
 def _literal(text: str) -> str:

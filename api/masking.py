@@ -46,6 +46,10 @@ PSEUDONYM_DIGITS = 16  # 64 bits: a collision among a million patients has a cha
 _BLOCK = 64  # SHA-256's block size, for HMAC's padded keys
 UID_ROOT = "2.25."  # ISO/IEC 9834-8: a UID made of a 128-bit integer
 _UID_PSEUDONYM = re.compile(r"2\.25\.(0|[1-9][0-9]{0,38})")
+# The dates a shift moves: ISO text in ASCII digits, as the ingest stores DA values and as the databases' own
+# check reads them (api.sql.Dialect.is_iso_date), so that what a de-identified token sees, filters and orders by
+# agree. Python's date.fromisoformat alone would also take week dates and other scripts' digits.
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _FEISTEL_ROUNDS = 8
 MAX_SHIFT_DAYS = 3652  # about ten years either way
 
@@ -156,7 +160,7 @@ class Pseudonyms:
 
     def _shift_date(self, value: Any, patient_id: Any) -> str | None:
         """An ISO date moved by the patient's offset; None for anything else (stored text that is no date)."""
-        if not isinstance(value, str) or len(value) != 10 or patient_id is None:
+        if not isinstance(value, str) or not _ISO_DATE.fullmatch(value) or patient_id is None:
             return None
         try:
             return (dt.date.fromisoformat(value) + dt.timedelta(days=self.date_offset(str(patient_id)))).isoformat()

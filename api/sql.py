@@ -129,8 +129,13 @@ class PostgresDialect(Dialect):
         outer = f"sha256(decode(current_setting('dicom_api.date_opad'), 'hex') || {inner})"
         n = f"CAST(CAST(('x' || substr(encode({outer}, 'hex'), 1, 8)) AS bit(32)) AS bigint)"
         days = f"((CASE WHEN {n} % 2 = 1 THEN -1 ELSE 1 END) * (1 + ({n} / 2) % {MAX_SHIFT_DAYS}))"
-        shifted = f"to_char(CAST({expr} AS date) + CAST({days} AS integer), 'YYYY-MM-DD')"
-        return f"(CASE WHEN {self.is_iso_date(expr)} AND {patient} IS NOT NULL THEN {shifted} END)"
+        moved = f"(CAST({expr} AS date) + CAST({days} AS integer))"
+        # Python's date ends at years 1 and 9999 (masking gives null beyond), PostgreSQL's goes on.
+        in_range = f"{moved} BETWEEN DATE '0001-01-01' AND DATE '9999-12-31'"
+        shifted = f"(CASE WHEN {in_range} THEN to_char({moved}, 'YYYY-MM-DD') END)"
+        # Nested CASEs: the calendar check must come before the CAST, which fails on '2021-02-30'.
+        valid = f"(CASE WHEN {valid_date(expr)} THEN {shifted} END)"
+        return f"(CASE WHEN {self.is_iso_date(expr)} AND {patient} IS NOT NULL THEN {valid} END)"
 
     def uid_hash(self, expr: str) -> str:
         return f"substr(encode(sha256(convert_to({expr}, 'UTF8')), 'hex'), 1, 32)"
@@ -141,6 +146,21 @@ class PostgresDialect(Dialect):
 
 SQLITE = Dialect()
 POSTGRES = PostgresDialect()
+
+
+def valid_date(x: str) -> str:
+    """An ISO date text (already matched as DDDD-DD-DD) that is a real calendar date from year 1 on, as Python's
+    date.fromisoformat reads it: PostgreSQL's CAST would fail on '2021-02-30' (and end the transaction)."""
+    y, m, d = (f"CAST(substr({x}, {a}, {n}) AS INTEGER)" for a, n in ((1, 4), (6, 2), (9, 2)))
+    leap = f"(({_divides(4, y)} AND NOT {_divides(100, y)}) OR {_divides(400, y)})"
+    days = (
+        f"CASE WHEN {m} IN (4, 6, 9, 11) THEN 30 WHEN {m} = 2 THEN (CASE WHEN {leap} THEN 29 ELSE 28 END) ELSE 31 END"
+    )
+    return f"{y} >= 1 AND {m} BETWEEN 1 AND 12 AND {d} >= 1 AND {d} <= ({days})"
+
+
+def _divides(n: int, y: str) -> str:
+    return f"({y} - ({y} / {n}) * {n} = 0)"  # integer division on both databases; no '%' in SQL text (see FORMAT)
 
 
 def json_list(values: Sequence[Any]) -> str:
