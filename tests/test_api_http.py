@@ -134,7 +134,7 @@ def test_unexpected_errors_are_masked_and_logged(synthetic_db: Path, caplog: pyt
         async def broken(sql: str, values: dict[str, Any] | None = None) -> list[Any]:
             raise RuntimeError(f"disk I/O error in {sql} at /secret/path")
 
-        api.database.fetch = broken
+        api.database.fetch = api.database.fetch_alone = broken  # every statement, compiled ones included
         with caplog.at_level(logging.ERROR):
             body = api.post("{ allSeries { totalCount } }")
         assert body["errors"][0]["message"] == "Unexpected error."
