@@ -265,7 +265,8 @@ def test_a_failing_connection_is_a_clear_error_and_logged(synthetic: Api, caplog
     api_db._execute = broken  # BEGIN fails, on a fresh connection too
     try:
         with caplog.at_level(logging.WARNING):
-            body = synthetic.post("{ allSeries { totalCount } }")
+            # Two statements: a read transaction (a compiled request of one statement runs without one).
+            body = synthetic.post("{ allSeries { totalCount } allStudies { totalCount } }")
     finally:
         api_db._execute = real
     assert body["data"] is None
