@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine (Python 3.11+ and make are all it needs):
 #   make run    install into .venv, ingest DICOM (default: pydicom's bundled test files) into dicom.db, serve the API
-#   make test   install into .venv with the test tools, lint, run the whole test suite
+#   make test   install into .venv with the test tools, lint, run the whole test suite (on two processes, which
+#               tests/conftest.py tells what to keep together; a plain `.venv/bin/pytest` runs it on one)
 # (The browser tests drive Debian's Chromium, /usr/bin/chromium, and skip, saying so, without it; .ci/run
 # installs it.)
 VENV ?= .venv
@@ -42,4 +43,4 @@ lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff format --check .
 
 test: lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile

@@ -69,6 +69,26 @@ def dump_tables(db: Path) -> dict[str, list[tuple]]:
     return out
 
 
+# Under pytest-xdist (`make test` runs `-n 2 --dist loadfile`) each test file stays on one worker, so that its
+# module-scoped fixtures (ingested databases, running servers) are built once and its servers never run twice at
+# once. The files named here have no such fixtures and long tests of their own, which are spread over both workers.
+# (xdist's `loadgroup` and its xdist_group marks would say the same, but xdist 3.8 cannot regroup pytest 9's tests.)
+SPREAD_OVER_WORKERS = {"test_ingest_integrity.py"}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    if config.getoption("dist") != "loadfile":
+        return None  # xdist's own choice
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return nodeid if Path(path).name in SPREAD_OVER_WORKERS else path
+
+    return FileScheduling(config, log)
+
+
 @pytest.fixture
 def ingest() -> Callable[..., subprocess.CompletedProcess]:
     return run_ingest
