@@ -76,6 +76,7 @@ def dump_tables(db: Path) -> dict[str, list[tuple]]:
 SPREAD_OVER_WORKERS = {"test_ingest_integrity.py"}
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: a venv without xdist runs the suite on one process
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     if config.getoption("dist") != "loadfile":
         return None  # xdist's own choice
