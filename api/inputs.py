@@ -113,10 +113,9 @@ def measure_ast(node: ValueNode, variables: dict[str, Size]) -> Size:
 def variables_over_limits(variables: dict[str, Any], settings: Settings) -> bool:
     """Whether a variable, measured on its own, is over a limit (`input_errors` says which, and where)."""
     return any(
-        size.longest > settings.max_list_length
-        or size.depth > settings.max_where_depth
-        or size.objects > settings.max_where_size
+        value > allowed
         for size in measure_variables(variables, settings.max_where_depth + 1).values()
+        for _, value, allowed, _ in _measures(size, settings)
     )
 
 
@@ -139,12 +138,17 @@ def input_errors(document: DocumentNode, variables: Any, settings: Settings) -> 
     return list(errors.values())
 
 
-def _check(size: Size, what: str, settings: Settings, errors: dict[tuple[str, str], GraphQLError]) -> None:
-    for limit, value, allowed, noun in (
+def _measures(size: Size, settings: Settings) -> tuple[tuple[str, int, int, str], ...]:
+    """Each limit of a measured value: (its name, the value's measure, the limit, how a message says it)."""
+    return (
         ("maxListLength", size.longest, settings.max_list_length, "a list of {value:,} items"),
         ("maxWhereDepth", size.depth, settings.max_where_depth, "input objects nested {value:,} deep"),
         ("maxWhereSize", size.objects, settings.max_where_size, "{value:,} input objects"),
-    ):
+    )
+
+
+def _check(size: Size, what: str, settings: Settings, errors: dict[tuple[str, str], GraphQLError]) -> None:
+    for limit, value, allowed, noun in _measures(size, settings):
         if value > allowed and (limit, what) not in errors:
             message = f"The {what} holds {noun.format(value=value)}; the limit is {allowed:,} ({limit})."
             if limit == "maxWhereDepth" and value > settings.max_where_depth + 1:
