@@ -225,14 +225,14 @@ class CompiledExecution:
 
     async def run(self, plan: Plan) -> dict[str, Any]:
         data: dict[str, Any] = {}
-        # One statement in all: run alone, it reads one snapshot without a transaction (api.db.fetch_alone).
-        fetch = self.database.fetch_alone if sum(f.sql is not None for f in plan.fields) == 1 else self.database.fetch
+        # One statement in all: run alone, it reads one snapshot without a transaction (api.db.Database.fetch).
+        alone = sum(f.sql is not None for f in plan.fields) == 1
         for root_field in plan.fields:
             if root_field.sql is None:
                 data[root_field.key] = root_field.constant
                 continue
             try:
-                rows = await fetch(root_field.sql, root_field.params)
+                rows = await self.database.fetch(root_field.sql, root_field.params, alone=alone)
             except QueryTooComplex:
                 # Past the database's limits (SQLite's parser stack bounds how deeply a statement nests).
                 await self.database.recover()

@@ -278,43 +278,18 @@ class Database:
             _SESSION.reset(token)
             await session.close()
 
-    async def fetch(self, sql: str, values: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        """Run one statement: on the request's connection when serving one, else on a free connection of the
-        pool. Rows as plain tuples."""
-        session = _SESSION.get()
-        if session is not None and session.db is self:
-            return await session.fetch(sql, values)
-        return await self._one_off(sql, values)
-
-    async def fetch_alone(self, sql: str, values: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        """Run a statement that is all the request will run (a compiled operation of one root field): one
-        statement reads one snapshot by itself, so it needs no read transaction, and on SQLite it goes to the
-        driver's thread in one trip, without `databases`' compilation of the SQL text (together about a third of
-        a small query's time). A request that has already run statements runs it in their transaction."""
-        session = _SESSION.get()
-        if session is not None and session.db is self:
-            return await session.fetch_alone(sql, values)
-        return await self._one_off(sql, values)
-
-    async def _run_alone(
-        self, connection: Connection, sql: str, values: dict[str, Any] | None
+    async def fetch(
+        self, sql: str, values: dict[str, Any] | None = None, *, alone: bool = False
     ) -> list[tuple[Any, ...]]:
-        log.debug("SQL %s %s", sql, values)
-        self.statements += 1
-        raw = connection.raw_connection
-        try:
-            if self.dialect is SQLITE:
-                # sqlite3 binds `:name` parameters from a dict itself, as `databases` would after compiling the text.
-                records = await raw.execute_fetchall(sql, values or {})
-            else:
-                text, names = _numbered(sql)
-                records = await raw.fetch(text, *((values or {})[name] for name in names))
-        except Exception as exc:
-            if _too_complex(exc):
-                log.info("the database refused a statement as too complex: %s", _describe(exc))
-                raise QueryTooComplex() from exc
-            raise
-        return [tuple(r) for r in records]
+        """Run one statement: on the request's connection when serving one, else on a free connection of the
+        pool. Rows as plain tuples. `alone`: the statement is all the request will run (a compiled operation of
+        one root field): one statement reads one snapshot by itself, so it needs no read transaction, and it goes
+        to the driver directly, on SQLite in one trip to its thread, without `databases`' compilation of the SQL
+        text (together about a third of a small query's time)."""
+        session = _SESSION.get()
+        if session is not None and session.db is self:
+            return await session.fetch(sql, values, alone=alone)
+        return await self._one_off(sql, values)
 
     async def recover(self) -> None:
         """After a statement of the request being served failed, and what the request read so far is dropped:
@@ -334,18 +309,33 @@ class Database:
             await self._checkin(connection)
 
     async def _run(
-        self, connection: Connection, sql: str, values: dict[str, Any] | None, counted: bool = True
+        self,
+        connection: Connection,
+        sql: str,
+        values: dict[str, Any] | None,
+        counted: bool = True,
+        direct: bool = False,
     ) -> list[tuple[Any, ...]]:
+        """One statement on `connection`; `direct`: on the driver's own connection, not through `databases`."""
         log.debug("SQL %s %s", sql, values)
         self.statements += counted
         try:
-            records = await connection.fetch_all(sql, values or {})
+            if not direct:
+                records = await connection.fetch_all(sql, values or {})
+                return [tuple(r._mapping) for r in records]
+            raw = connection.raw_connection
+            if self.dialect is SQLITE:
+                # sqlite3 binds `:name` parameters from a dict itself, as `databases` would after compiling the text.
+                rows = await raw.execute_fetchall(sql, values or {})
+            else:
+                text, names = _numbered(sql)
+                rows = await raw.fetch(text, *((values or {})[name] for name in names))
+            return [tuple(r) for r in rows]
         except Exception as exc:
             if _too_complex(exc):
                 log.info("the database refused a statement as too complex: %s", _describe(exc))
                 raise QueryTooComplex() from exc
             raise
-        return [tuple(r._mapping) for r in records]
 
     async def _checkout(self, *, begin: bool) -> Connection:
         """A free connection (opening one for an empty slot), in a read transaction if `begin`. A connection that
@@ -609,9 +599,13 @@ class Session:
         self._lock = asyncio.Lock()
         self._closed = False
         self._running: set[asyncio.Task[Any]] = set()  # tasks with a statement of this request under way
-        self._alone: Connection | None = None  # the connection of a statement run alone (`fetch_alone`)
+        self._alone: Connection | None = None  # the connection of a statement run alone (`fetch(alone=True)`)
 
-    async def fetch(self, sql: str, values: dict[str, Any] | None) -> list[tuple[Any, ...]]:
+    async def fetch(self, sql: str, values: dict[str, Any] | None, alone: bool = False) -> list[tuple[Any, ...]]:
+        """A statement on the request's connection, taken in a read transaction at its first statement; `alone`
+        (`Database.fetch`): a connection without a transaction, given back at once, unless the request already
+        holds one. Statements the request runs after it (the resolvers, when the compiled answer could not be
+        used) take a connection in a transaction of their own."""
         if asyncio.get_running_loop().time() > self.deadline:
             raise TimeLimitExceeded()
         task = asyncio.current_task()
@@ -621,37 +615,19 @@ class Session:
             async with self._lock:  # the first statements of a request may start side by side
                 if self._closed:
                     raise DatabaseUnavailable("the request is over")
-                if self._connection is None:
+                if self._connection is None and not alone:
                     self._connection = await self.db._checkout(begin=True)
                 connection = self._connection
-            return await self.db._run(connection, sql, values)
+                if connection is None:
+                    connection = self._alone = await self.db._checkout(begin=False)
+            try:
+                return await self.db._run(connection, sql, values, direct=connection is self._alone)
+            finally:
+                if connection is self._alone:
+                    self._alone = None
+                    await self.db._checkin(connection)
         finally:
             self._running.discard(task)
-
-    async def fetch_alone(self, sql: str, values: dict[str, Any] | None) -> list[tuple[Any, ...]]:
-        """`Database.fetch_alone`: a connection taken without a transaction and given back at once, unless the
-        request already holds one (then in its transaction). Statements the request runs after it (the resolvers,
-        when the compiled answer could not be used) take a connection in a transaction of their own."""
-        if asyncio.get_running_loop().time() > self.deadline:
-            raise TimeLimitExceeded()
-        task = asyncio.current_task()
-        assert task is not None
-        async with self._lock:
-            if self._closed:
-                raise DatabaseUnavailable("the request is over")
-            connection = self._connection
-            if connection is None:
-                connection = self._alone = await self.db._checkout(begin=False)
-        self._running.add(task)
-        try:
-            if connection is self._connection:
-                return await self.db._run(connection, sql, values)
-            return await self.db._run_alone(connection, sql, values)
-        finally:
-            self._running.discard(task)
-            if connection is self._alone:
-                self._alone = None
-                await self.db._checkin(connection)
 
     async def restart(self) -> None:
         """Roll back the request's transaction and begin it again (`Database.recover`); a connection that cannot

@@ -321,10 +321,10 @@ def test_a_slow_request_is_stopped_at_the_time_limit(synthetic_db: Path) -> None
         database = api.database
         real_run = database._run
 
-        async def slow_run(connection: Any, sql: str, values: Any, counted: bool = True, run: Any = real_run) -> Any:
+        async def slow_run(connection: Any, sql: str, values: Any, *args: Any, run: Any = real_run, **kw: Any) -> Any:
             if "SliceMetadata" in sql:
                 await asyncio.sleep(30)
-            return await run(connection, sql, values, counted)
+            return await run(connection, sql, values, *args, **kw)
 
         database._run = slow_run
         started = time.perf_counter()
