@@ -160,7 +160,8 @@ def valid_date(x: str) -> str:
 
 
 def _divides(n: int, y: str) -> str:
-    return f"({y} - ({y} / {n}) * {n} = 0)"  # integer division on both databases; no '%' in SQL text (see FORMAT)
+    # Integer division on both databases; no '%' in SQL text (see api.compiler.FORMAT).
+    return f"({y} - ({y} / {n}) * {n} = 0)"
 
 
 def json_list(values: Sequence[Any]) -> str:
