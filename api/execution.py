@@ -1,7 +1,7 @@
 """Executing and encoding a response without holding the event loop.
 
 A worker serves many requests on one event loop, and a time limit (`asyncio.timeout`) can only strike when the
-loop runs. graphql-core completes a list of already fetched objects, and `json.dumps` encodes a response, in one
+loop runs. graphql-core completes a list of already fetched objects, and a JSON encoder writes a response, in one
 stretch of Python: for a response of a hundred thousand rows that is seconds during which `/healthz` and every
 other request of the worker wait, and the time limit cannot fire. So here
 
@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 from graphql import GraphQLOutputType, GraphQLResolveInfo
 from graphql.pyutils import Path
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
@@ -126,74 +127,65 @@ def response_too_large(limit: int) -> LimitExceeded:
     )
 
 
-async def encode_response(data: Any, limit: int) -> str:
-    """`json.dumps(data, separators=(",", ":"))`, ASCII only (so characters are bytes), made piece by piece;
-    ResponseTooLarge as soon as it would exceed `limit` bytes."""
-    parts: list[str] = []
-    size = 0
+async def encode_response(data: Any, limit: int) -> bytes:
+    """`data` as compact UTF-8 JSON (orjson's), made piece by piece, yielding to the event loop every
+    YIELD_BYTES; ResponseTooLarge as soon as it would exceed `limit` bytes."""
+    parts: list[bytes] = []
+    size = since_yield = 0
     for count, piece in enumerate(_pieces(data), start=1):
         size += len(piece)
         if size > limit:
             raise ResponseTooLarge(limit)
         parts.append(piece)
-        if count % YIELD_EVERY == 0:
+        since_yield += len(piece)
+        if since_yield > YIELD_BYTES or count % YIELD_EVERY == 0:
+            since_yield = 0
             await asyncio.sleep(0)
-    return "".join(parts)
+    return b"".join(parts)
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+def dumps(value: Any) -> bytes:
+    """Compact JSON, UTF-8: orjson, or the standard library for what orjson refuses (an integer beyond 64 bits,
+    nesting deeper than 255 levels), alike but for float spelling."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _pieces(value: Any) -> Iterator[str]:
-    """JSON text of `value` in pieces. A container of at most PIECE_ITEMS values, all levels counted (a row with
-    its fields, its small lists and its parent objects), is written by the C encoder, and so is a run of such
-    items of a list, up to PIECE_ITEMS of them; larger containers are walked."""
-    if _small(value):
-        yield _dumps(value)
-    elif isinstance(value, dict):
-        yield "{"
+def _pieces(value: Any) -> Iterator[bytes]:
+    """JSON text of `value` in pieces. Objects are walked down to their lists; a list's items are written in runs,
+    each run by one orjson call, whose length adapts so that a piece is about PIECE_BYTES. A single item larger
+    than BIG_ITEM makes the rest of its list walked item by item instead (a patient among patients holding
+    thousands of slices), so that no one call holds the event loop for long."""
+    if type(value) is dict:
+        yield b"{"
         for index, (key, item) in enumerate(value.items()):
-            yield ("," if index else "") + _dumps(str(key)) + ":"
+            yield (b"," if index else b"") + dumps(str(key)) + b":"
             yield from _pieces(item)
-        yield "}"
-    else:
-        yield "["
-        run: list[Any] = []
-        first = True
-        for item in value:
-            if _small(item) and len(run) < PIECE_ITEMS:
-                run.append(item)
+        yield b"}"
+    elif type(value) is list and len(value) > 1:
+        yield b"["
+        index, run, walk = 0, 1, False
+        while index < len(value):
+            if walk:
+                if index:
+                    yield b","
+                yield from _pieces(value[index])
+                index += 1
                 continue
-            if run:
-                yield ("" if first else ",") + _dumps(run)[1:-1]
-                first, run = False, ([item] if _small(item) else [])
-                if run:
-                    continue
-            if not first:
-                yield ","
-            first = False
-            yield from _pieces(item)
-        if run:
-            yield ("" if first else ",") + _dumps(run)[1:-1]
-        yield "]"
+            piece = dumps(value[index : index + run])
+            yield (b"," if index else b"") + piece[1:-1]
+            index += run
+            if run == 1 and len(piece) > BIG_ITEM:
+                walk = True
+            else:
+                run = max(1, min(run * 4, run * PIECE_BYTES // len(piece)))
+        yield b"]"
+    else:
+        yield dumps(value)
 
 
-PIECE_ITEMS = 256
-
-
-def _small(value: Any) -> bool:
-    """A scalar, or a container of at most PIECE_ITEMS values at all its levels."""
-    if type(value) is not dict and type(value) is not list:
-        return True
-    budget = PIECE_ITEMS
-    stack = [value]
-    while stack:
-        container = stack.pop()
-        budget -= len(container)
-        if budget < 0:
-            return False
-        for item in container.values() if type(container) is dict else container:
-            if type(item) is dict or type(item) is list:
-                stack.append(item)
-    return True
+PIECE_BYTES = 64 * 1024  # orjson writes this much in well under a millisecond
+BIG_ITEM = 1 << 20
+YIELD_BYTES = 1 << 20
