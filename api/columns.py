@@ -13,6 +13,7 @@ under the Basic Application Level Confidentiality Profile, and the actions of th
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -141,11 +142,11 @@ def _float_list(value: Any) -> list[float] | None:
     if value is None:
         return None
     try:
-        numbers = [float(v) for v in str(value).split("\\")]
+        numbers = list(map(float, str(value).split("\\")))
     except ValueError:
         return None
     # NaN and infinities are not valid DS values and cannot be sent as JSON numbers.
-    return numbers if all(n == n and abs(n) != float("inf") for n in numbers) else None
+    return numbers if all(map(math.isfinite, numbers)) else None
 
 
 def _string_list(value: Any) -> list[str] | None:

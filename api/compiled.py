@@ -16,13 +16,13 @@ anew for every response.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from graphql import (
     DocumentNode,
     ExecutionResult,
@@ -53,7 +53,6 @@ CACHE_SIZE = 512  # documents, and plans
 # Characters of query text and variables beyond which a request is planned but not kept: the caches' memory stays
 # bounded (CACHE_SIZE entries of at most this much) whatever clients send.
 MAX_CACHED_TEXT = 64 * 1024
-LARGE_TEXT = 1 << 20  # characters of JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +249,6 @@ class CompiledExecution:
                 continue
             if MARKER in text:
                 raise NotCompiled("a value the SQL could not type")
-            # A large response is read in a thread, so that the worker's other requests are served meanwhile.
-            value = json.loads(text) if len(text) < LARGE_TEXT else await asyncio.to_thread(json.loads, text)
+            value = orjson.loads(text)  # about twice as fast as json.loads; the same values
             data[root_field.key] = value if root_field.fix is None else root_field.fix(value)
         return data

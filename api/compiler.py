@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 import re
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -286,8 +285,16 @@ class PostgresJson(Json):
                 f"CASE WHEN {x} IS NULL THEN NULL WHEN {x} BETWEEN {lo} AND {hi} THEN to_json({x}) ELSE {m} END",
                 None,
             )
-        if kind is Kind.FLOAT:  # as text: PostgreSQL writes 120 for 120.0 and -0 for -0.0
-            return f"to_json(CAST({x} AS text))", _finite_float
+        if kind is Kind.FLOAT:
+            # PostgreSQL writes an integral value as an integer (120, -0), which reads back as one: given a
+            # fraction, it reads as the float it is (its text is the shortest that does). Not finite: the
+            # resolvers fail the field (GraphQL's Float holds no NaN), so the marker sends it to them.
+            integral = f"{x} = trunc({x}) AND abs({x}) < 1e15"
+            return (
+                f"CASE WHEN {x} IS NULL THEN NULL WHEN {integral} THEN CAST(CAST({x} AS text) || '.0' AS json) "
+                f"WHEN abs({x}) < CAST('Infinity' AS DOUBLE PRECISION) THEN to_json({x}) ELSE {m} END",
+                None,
+            )
         if kind is Kind.BOOL:
             return f"CASE WHEN {x} IS NULL THEN NULL ELSE to_json({x} <> 0) END", None
         if kind is Kind.DATE:
@@ -366,15 +373,6 @@ def _nullable(convert: Callable[[Any], Any]) -> Fix:
         return None if value is None else convert(value)
 
     return fix
-
-
-def _finite_float(value: Any) -> float | None:
-    if value is None:
-        return None
-    number = float(value)
-    if not math.isfinite(number):  # the resolvers fail this field: GraphQL's Float holds no NaN
-        raise NotCompiled("a float that is not finite")
-    return number
 
 
 def _iso(value: Any) -> str | None:
