@@ -88,6 +88,17 @@ class TooComplex(NotCompiled):
     pass
 
 
+class CompiledResult(ExecutionResult):
+    """A compiled answer, with the characters of JSON the database wrote for it: the encoder writes a small one
+    in one call (api.execution.encode_response)."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, data: dict[str, Any], size: int) -> None:
+        super().__init__(data=data, errors=None)
+        self.size = size
+
+
 def _size(key: tuple[Any, ...]) -> int:
     query, _, variables, _, _ = key
     return len(query) + len(variables)
@@ -114,14 +125,14 @@ class CompiledExecution:
             self.outcomes[plan] += 1
             return None
         try:
-            data = await self.run(plan)
+            data, size = await self.run(plan)
         except NotCompiled as exc:
             self.outcomes[str(exc)] += 1
             if isinstance(exc, TooComplex):  # the statement, not the data: it never compiles
                 self.plans.put(key, str(exc), _size(key))
             return None
         self.outcomes["compiled"] += 1
-        return ExecutionResult(data=data, errors=None)
+        return CompiledResult(data, size)
 
     def plan_for(self, request_data: Any, context: Any) -> Plan | str:
         """The request's plan, or why it runs on the resolvers."""
@@ -222,8 +233,10 @@ class CompiledExecution:
         except NotCompiled as exc:
             return str(exc)
 
-    async def run(self, plan: Plan) -> dict[str, Any]:
+    async def run(self, plan: Plan) -> tuple[dict[str, Any], int]:
+        """The response's data, and the characters of JSON the database wrote for it."""
         data: dict[str, Any] = {}
+        size = 0
         # One statement in all: run alone, it reads one snapshot without a transaction (api.db.Database.fetch).
         alone = sum(f.sql is not None for f in plan.fields) == 1
         for root_field in plan.fields:
@@ -244,6 +257,7 @@ class CompiledExecution:
                 await self.database.recover()
                 raise NotCompiled("a statement that failed") from None
             text = rows[0][0]
+            size += len(text or "")
             if text is None:
                 data[root_field.key] = None
                 continue
@@ -251,4 +265,4 @@ class CompiledExecution:
                 raise NotCompiled("a value the SQL could not type")
             value = orjson.loads(text)  # about twice as fast as json.loads; the same values
             data[root_field.key] = value if root_field.fix is None else root_field.fix(value)
-        return data
+        return data, size
