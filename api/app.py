@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
+import strawberry.http.async_base_view
+import strawberry.http.streaming
 from cross_web import HTTPException
 from graphql import GraphQLError
 from starlette.applications import Starlette
@@ -30,7 +33,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.http import GraphQLHTTPResponse
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.http.parse_content_type import parse_content_type
 from strawberry.schema import BaseSchema
 from strawberry.types import ExecutionResult
 
@@ -122,6 +126,13 @@ STUDY_DATE_ORDER = """(
       )"""
 
 
+# Strawberry's view parses each request's Content-Type and Accept headers with email.message, ~20 µs a header: a
+# tenth of a small compiled query's Python. The headers take a handful of values, so their parse is kept.
+_parse_content_type = lru_cache(maxsize=256)(parse_content_type)
+strawberry.http.async_base_view.parse_content_type = _parse_content_type  # type: ignore[attr-defined]
+strawberry.http.streaming.parse_content_type = _parse_content_type  # type: ignore[attr-defined]
+
+
 class GraphQLApp(GraphQL[Context, None]):
     """Strawberry's ASGI view with this API's context: the request's access level, fresh loaders, one database
     session (one connection, one snapshot) and the time limit; with `heavy`, requests over `heavyNodes` are
@@ -149,7 +160,7 @@ class GraphQLApp(GraphQL[Context, None]):
             return
         request = Request(scope, limit_body(receive, limit))
         try:
-            response = await self.run(request)
+            response = await self._answer_compiled(request) or await self.run(request)
         except HTTPException as exc:
             response = error_response(exc.status_code, _sentence(exc.reason))
         except BodyTooLarge:
@@ -158,6 +169,40 @@ class GraphQLApp(GraphQL[Context, None]):
             log.debug("a client disconnected before its request was read")
             return
         await response(scope, receive, send)
+
+    async def _answer_compiled(self, request: Request) -> Response | None:
+        """A plain JSON POST that the compiled path answers, answered here: the rest of Strawberry's view (its
+        request adapter, header parsing and result-type checks) costs more than a small compiled query's own
+        Python. None: Strawberry's view serves the request, on the resolvers if the compiled path declined it."""
+        if (
+            self.compiled is None
+            or request.method != "POST"
+            or request.headers.get("content-type") != "application/json"
+            or _STREAMING.search(request.headers.get("accept", ""))
+        ):
+            return None
+        data = self.parse_json(await request.body())  # kept by the request, for the view if it serves it
+        if type(data) is not dict:  # a batch, or not a request: the view says what is wrong
+            return None
+        query, variables = data.get("query"), data.get("variables")
+        name, extensions = data.get("operationName"), data.get("extensions")
+        if not (
+            type(query) is str
+            and (variables is None or type(variables) is dict)
+            and (name is None or type(name) is str)
+            and (extensions is None or type(extensions) is dict)
+        ):
+            return None
+        request_data = GraphQLRequestData(
+            query=query, variables=variables, operation_name=name, extensions=extensions, protocol="http"
+        )
+        sub_response = await self.get_sub_response(request)
+        context = await self.get_context(request, sub_response)
+        result = await self._execute(request_data, context, None)
+        if result is None:
+            setattr(request.state, DECLINED, True)  # the view's execution goes straight to the resolvers
+            return None
+        return self.create_response(await self.process_result(request, result), sub_response)
 
     def parse_json(self, data: str | bytes) -> Any:
         try:
@@ -201,7 +246,7 @@ class GraphQLApp(GraphQL[Context, None]):
         deadline = getattr(request.state, DEADLINE, None) or asyncio.get_running_loop().time() + self.settings.timeout
         try:
             async with asyncio.timeout_at(deadline):
-                text = await encode_response(response, limit)
+                text = await encode_response(response, limit, getattr(result, "size", None))
         except ResponseTooLarge:
             log.warning("a response exceeded the limit of %d bytes and was not sent", limit)
             return await super().process_result(request, ExecutionResult(None, [response_too_large(limit)]))
@@ -231,24 +276,42 @@ class GraphQLApp(GraphQL[Context, None]):
         return data.text if isinstance(data, Encoded) else super().encode_json(data)
 
     async def execute_operation(self, *args: Any, **kwargs: Any) -> Any:
+        request = kwargs["request"]
+        result = await self._execute(
+            kwargs.get("request_data"),
+            kwargs.get("context"),
+            partial(super().execute_operation, *args, **kwargs),
+            compiled=not getattr(request.state, DECLINED, False),
+        )
         context = kwargs.get("context")
+        if isinstance(context, Context) and context.heavy_nodes is not None:  # left by the guard: heavy
+            return await self._execute_heavy(request, context, kwargs["sub_response"])
+        return result
+
+    async def _execute(
+        self,
+        request_data: Any,
+        context: Any,
+        resolvers: Callable[[], Awaitable[Any]] | None,
+        compiled: bool = True,
+    ) -> Any:
+        """The request's result within its session and time limit: compiled (api.compiled) when that path takes
+        it, else by `resolvers`; None when it declines and there are none."""
         deadline = getattr(context, "deadline", None) or asyncio.get_running_loop().time() + self.settings.timeout
         async with self.database.request(deadline) as session:
             try:
                 async with asyncio.timeout_at(deadline) as timeout:
                     result = None
-                    if self.compiled is not None:  # api.compiled; None: the resolvers run it (or hand it on)
-                        result = await self.compiled.execute(kwargs.get("request_data"), context)
-                    if result is None:
-                        result = await super().execute_operation(*args, **kwargs)
+                    if self.compiled is not None and compiled:  # None: the resolvers run it (or hand it on)
+                        result = await self.compiled.execute(request_data, context)
+                    if result is None and resolvers is not None:
+                        result = await resolvers()
             except TimeoutError:
                 if not timeout.expired():
                     raise
                 session.interrupt()  # the statements under way stop; the session ends as the block exits
                 log.warning("a request ran into the time limit of %g s and was stopped", self.settings.timeout)
                 return ExecutionResult(data=None, errors=[timeout_error(self.settings.timeout)])
-        if isinstance(context, Context) and context.heavy_nodes is not None:  # left by the guard: heavy
-            return await self._execute_heavy(kwargs["request"], context, kwargs["sub_response"])
         return result
 
     async def _execute_heavy(self, request: Request, context: Context, sub_response: Response) -> ExecutionResult:
@@ -296,6 +359,9 @@ class GraphQLApp(GraphQL[Context, None]):
 
 
 DEADLINE = "dicom_api_deadline"  # where a request's deadline (event-loop time) is kept in request.state
+DECLINED = "dicom_api_compiled_declined"  # set in request.state when the compiled path declined the request
+# Accept headers asking for a streamed response (multipart or server-sent events): Strawberry's view serves them.
+_STREAMING = re.compile(r"multipart/mixed|text/event-stream", re.IGNORECASE)
 
 
 @dataclass

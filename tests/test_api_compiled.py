@@ -617,6 +617,38 @@ def test_which_shapes_compile_and_which_fall_back(sqlite_pairs: dict[str, Pair])
         assert _plan(pair, query, access=deidentified) == reason
 
 
+def test_each_request_is_answered_and_counted_once_whichever_door_it_takes(sqlite_pairs: dict[str, Pair]) -> None:
+    """A plain JSON POST is answered by the compiled path before Strawberry's view (GraphQLApp._answer_compiled);
+    one it declines goes on to the view and the resolvers, without being planned or counted again; any other
+    request (another content type, a GET) goes through the view, compiled there."""
+    pair = sqlite_pairs["synthetic"]
+    compiles = "{ allSeries(first: 2) { totalCount nodes { seriesInstanceUid modality } } }"
+    requests: list[tuple[str, dict[str, Any]]] = [
+        (compiles, {"json": {"query": compiles}}),  # the compiled path's own door
+        (FALLS_BACK["Slice.file"], {"json": {"query": FALLS_BACK["Slice.file"]}}),  # declined: on to the view
+        (  # the view's door, compiled there
+            compiles,
+            {
+                "content": json.dumps({"query": compiles}),
+                "headers": {"Content-Type": "application/json; charset=utf-8"},
+            },
+        ),
+    ]
+    for query, how in requests:
+        before = sum(pair.outcomes.values())
+        compiled = pair.compiled.post("/graphql", **how)
+        reference = pair.resolvers.post("/graphql", **how)
+        assert (compiled.status_code, compiled.headers["content-type"], compiled.content) == (
+            reference.status_code,
+            reference.headers["content-type"],
+            reference.content,
+        ), query
+        assert "errors" not in compiled.json(), compiled.json()
+        assert sum(pair.outcomes.values()) == before + 1, dict(pair.outcomes)
+    get = pair.compiled.get("/graphql", params={"query": compiles}, headers={"Accept": "application/json"})
+    assert get.status_code == 200 and get.content == pair.resolvers.post("/graphql", json={"query": compiles}).content
+
+
 def test_plans_are_kept_per_access_level(sqlite_pairs: dict[str, Pair]) -> None:
     pair = sqlite_pairs["synthetic"]
     pseudonyms = pair.compiled.app.state.database.pseudonyms
