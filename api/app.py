@@ -181,6 +181,9 @@ class GraphQLApp(GraphQL[Context, None]):
             or _STREAMING.search(request.headers.get("accept", ""))
         ):
             return None
+        # In the view's order: the context (which refuses an unauthenticated request), then the body.
+        sub_response = await self.get_sub_response(request)
+        context = await self.get_context(request, sub_response)
         data = self.parse_json(await request.body())  # kept by the request, for the view if it serves it
         if type(data) is not dict:  # a batch, or not a request: the view says what is wrong
             return None
@@ -196,8 +199,6 @@ class GraphQLApp(GraphQL[Context, None]):
         request_data = GraphQLRequestData(
             query=query, variables=variables, operation_name=name, extensions=extensions, protocol="http"
         )
-        sub_response = await self.get_sub_response(request)
-        context = await self.get_context(request, sub_response)
         result = await self._execute(request_data, context, None)
         if result is None:
             setattr(request.state, DECLINED, True)  # the view's execution goes straight to the resolvers
