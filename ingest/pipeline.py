@@ -315,41 +315,73 @@ class Ingest:
         import multiprocessing
         from concurrent.futures import TimeoutError as FutureTimeout
         from concurrent.futures import wait
+        from concurrent.futures.process import BrokenProcessPool
 
-        from pebble import ProcessExpired, ProcessPool
+        from pebble import ProcessExpired, ProcessFuture, ProcessPool
 
         # Imported before the workers fork, so that each starts with pydicom loaded.
         _setup_reader(self.max_header_bytes)
         chunk = max(1, min(16, len(todo) // (self.jobs * 8)))
         chunks = deque(todo[i : i + chunk] for i in range(0, len(todo), chunk))
-        pool = ProcessPool(
-            max_workers=self.jobs,
-            initializer=_worker_init,
-            initargs=(self.max_header_bytes,),
-            context=multiprocessing.get_context("fork"),
-        )
-        pending: deque = deque()
-        retried = 0
+
+        def start() -> ProcessPool:
+            return ProcessPool(
+                max_workers=self.jobs,
+                initializer=_worker_init,
+                initargs=(self.max_header_bytes,),
+                context=multiprocessing.get_context("fork"),
+            )
+
+        def schedule(files: list[FoundFile]) -> ProcessFuture:
+            return pool.schedule(parse_chunk, ([f.path for f in files],), timeout=self.file_timeout)
+
+        pool = start()
+        pending: deque[tuple[list[FoundFile], ProcessFuture | None]] = deque()
+        retried = rebuilt = restarts = 0
+
+        def restart(exc: BaseException) -> None:
+            """A new pool for a broken one: pebble gives up on a pool whose worker dies before it has taken a
+            task ("All workers expired"), failing every task and refusing new ones. The pending files are read
+            again, in order, by the new pool."""
+            nonlocal pool, pending, rebuilt, restarts
+            restarts += 1
+            if restarts > MAX_POOL_RESTARTS:
+                raise RuntimeError(f"the pool of reading processes broke {restarts} times: {exc}") from exc
+            pool.stop()
+            pool.join()
+            pool = start()
+            rebuilt += sum(len(files) for files, _ in pending)
+            pending = deque((files, None) for files, _ in pending)
+
         try:
             while chunks or pending:
-                while chunks and len(pending) < self.jobs * 4:
-                    files = chunks.popleft()
-                    pending.append(
-                        (files, pool.schedule(parse_chunk, ([f.path for f in files],), timeout=self.file_timeout))
-                    )
+                try:  # pending entries without a future yet (None), then new chunks, go to the pool
+                    for index in range(len(pending)):
+                        if pending[index][1] is None:
+                            pending[index] = (pending[index][0], schedule(pending[index][0]))
+                    while chunks and len(pending) < self.jobs * 4:
+                        pending.append((chunks[0], schedule(chunks[0])))
+                        chunks.popleft()
+                except RuntimeError as exc:  # "Unexpected error within the Pool"
+                    if pool.active:
+                        raise
+                    restart(exc)
+                    continue
                 files, future = pending.popleft()
+                assert future is not None  # scheduled above
                 while not wait([future], timeout=0.2).done:
                     if self.stop_requested:
                         return
                 try:
                     results = future.result()
+                except BrokenProcessPool as exc:
+                    pending.appendleft((files, future))
+                    restart(exc)
+                    continue
                 except (FutureTimeout, ProcessExpired) as exc:
                     if len(files) > 1:
                         retried += len(files)
-                        singles = [
-                            ([f], pool.schedule(parse_chunk, ([f.path],), timeout=self.file_timeout)) for f in files
-                        ]
-                        pending.extendleft(reversed(singles))
+                        pending.extendleft(reversed([([f], None) for f in files]))
                         continue
                     results = [_lost(files[0].path, _lost_reason(exc, self.file_timeout))]
                 except Exception as exc:  # the reader never raises; a pickling problem, say, fails the file only
@@ -361,6 +393,8 @@ class Ingest:
             pool.join()
             if retried:
                 self.warn(f"a worker died or hung while reading {retried} files: they were read again one by one")
+            if rebuilt:
+                self.warn(f"the pool of reading processes broke {restarts} times: {rebuilt} files were read again")
 
     def _reread(self, texts: list[str]) -> tuple[list[Item], list[str]]:
         """Files the database names read again in this process (a new owner or representative of a batch)."""
@@ -386,6 +420,10 @@ class Ingest:
         self.summary.conflicts += len(report.warnings)
         for message in report.warnings:
             self.warn(message)
+
+
+# A pool that keeps breaking is the machine's failure (it cannot fork, say), not a file's: the run stops.
+MAX_POOL_RESTARTS = 5
 
 
 def _lost_reason(exc: BaseException, timeout: float) -> str:

@@ -5,6 +5,7 @@ memory bombs, concurrent runs and conflicting hierarchies, each checked against 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -260,6 +261,42 @@ def test_a_killed_or_blocked_worker_is_replaced_and_nothing_is_lost(tmp_path: Pa
     assert "Traceback" not in err
     assert summary(out)["ingested"] == 241
     assert_same_as_fresh(tree, db, tmp_path, slice_ids=True)
+
+
+def test_a_pool_whose_workers_die_before_taking_a_task_is_replaced_and_nothing_is_lost(tmp_path: Path) -> None:
+    """pebble gives up on a pool whose worker dies while no task is running ("All workers expired": every task
+    fails, new ones are refused); the ingest then starts a new pool and its files are read again (seen once in
+    the test above, which crashed the ingest: "Unexpected error within the Pool"). Every worker is stopped as
+    soon as it exists, often before it has taken a task, then killed: the code before the fix crashed in 3 of 6
+    such runs. Three runs; whichever way each race goes, nothing is lost."""
+    for attempt in range(3):
+        tree, db = tmp_path / f"in{attempt}", tmp_path / f"w{attempt}.db"
+        for s in range(6):
+            write_series(tree / f"s{s}", count=40, series=f"series-{s}", study=f"study-{s}")
+        proc = subprocess.Popen(
+            [*ingest_command(), str(tree), "--db", _db(db), "--jobs", "2", "--batch-size", "50"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        stopped: set[int] = set()
+        while len(stopped) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            for pid in set(_workers(proc.pid)) - stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                stopped.add(pid)
+            time.sleep(0.0005)
+        assert stopped, "no worker seen"
+        time.sleep(0.5)
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+        assert summary(out)["ingested"] == 240
+        assert_same_as_fresh(tree, db, tmp_path, slice_ids=True)
 
 
 def _started(tree: Path, db: Path, rows_at_least: int, *args: str) -> subprocess.Popen:
