@@ -74,6 +74,7 @@ from dicom_db.api.sql import (
     valid_date,
     value_expr,
 )
+from dicom_db.api.types import file_url
 
 # A value the SQL could not type as the resolvers would: the operation runs on the resolvers instead. A stored
 # value that happens to hold this text only costs that detour.
@@ -714,6 +715,8 @@ class Compiler:
             elif (table.name, name) in VALUE_LISTS:
                 self.shapes.add("value list")
                 sql = self.value_list(table, name, alias)
+            elif (table.name, name) == ("SliceMetadata", "file"):
+                sql, fix = self.file_value(type_, nodes, alias)
             else:
                 raise NotCompiled(f"{type_.name}.{name}")
             pairs.append((key, sql))
@@ -814,6 +817,41 @@ class Compiler:
         )
         agg = self.json.agg("_s._v", self.json.sort_text("_s._v"), json_items=False)
         return self.json.sub(f"SELECT {agg} FROM ({values}) _s")
+
+    def file_value(self, type_: Any, nodes: list[FieldNode], alias: str) -> tuple[str, Fix | None]:
+        """`Slice.file`: the instance's file in the ingest's index, as `Database.instance_files` finds it (status
+        'ingested'; by the slice's stored SOPInstanceUID, which only full access reads), `url` made by the
+        resolvers' `file_url`. Two such files (not made by dicom-ingest) or a size beyond GraphQL's Int: the
+        marker, and the resolvers answer."""
+        if not self.access.may_read_files:
+            raise NotCompiled("Slice.file without full access")  # the resolvers answer FORBIDDEN
+        self.shapes.add("file")
+        file_type = get_named_type(self.field_def(type_, "file").type)
+        sub, sop = self.alias(), f'{alias}."SOPInstanceUID"'
+        postgres = isinstance(self.json, PostgresJson)
+        pairs: list[tuple[str, str]] = []
+        urls: list[tuple[str, Fix]] = []
+        for key, field_nodes in self.sub_fields(file_type, nodes).items():
+            name = field_nodes[0].name.value
+            if name == "__typename":
+                pairs.append((key, self.json.text(file_type.name)))
+            elif name == "path":
+                path = f'max({sub}."Path")'
+                pairs.append((key, f"to_json({path})" if postgres else path))
+            elif name == "size":
+                pairs.append((key, self.json.int32(f'max({sub}."Size")')))
+            elif name == "url":
+                pairs.append((key, f"to_json({sop})" if postgres else sop))
+                urls.append((key, file_url))
+            else:
+                raise NotCompiled(f"{file_type.name}.{name}")
+        one = self.json.obj(pairs)
+        found = f'{sub}."Status" = \'ingested\' AND {sub}."SOPInstanceUID" = {sop}'
+        select = (
+            f"SELECT CASE WHEN COUNT(*) = 0 THEN NULL WHEN COUNT(*) = 1 THEN {one} ELSE {self.json.marker} END "
+            f'FROM "SourceFile" {sub} WHERE {found}'
+        )
+        return self.json.sub(select), _object_fix(urls)
 
     # Connections
 

@@ -539,9 +539,9 @@ COMPILES = {
     "fragment": "fragment F on Study { studyDate } { allStudies { nodes { ...F ... on Study { studyId } } } }",
     "raw": "{ allSlices { nodes { raw id __typename } } }",
     "@skip/@include": "{ allSlices { nodes { sliceId @include(if: false) sliceNumber @skip(if: false) } } }",
+    "file": "{ allSlices(first: 3) { nodes { file { path size url __typename } } } }",
 }
 FALLS_BACK = {
-    "Slice.file": "{ allSlices { nodes { file { path } } } }",
     "Query.__schema": "{ __schema { types { name } } }",
     "arguments the resolvers refuse": "{ allSlices(first: 1001) { totalCount } }",
     "a document that does not validate": "{ allSlices { nodes { nope } } }",
@@ -557,7 +557,7 @@ DEIDENTIFIED_COMPILES = {
 }
 DEIDENTIFIED_FALLS_BACK = {
     "a query the limits refuse": "{ allPatients(orderBy: [{field: PATIENT_NAME}]) { totalCount } }",
-    "Slice.file": "{ allSlices { nodes { file { path } } } }",
+    "Slice.file without full access": "{ allSlices { nodes { file { path } } } }",  # FORBIDDEN, from the resolvers
 }
 
 
@@ -599,6 +599,7 @@ def test_which_shapes_compile_and_which_fall_back(sqlite_pairs: dict[str, Pair])
         "value list",
         "__typename",
         "@skip/@include",
+        "file",
     }
     for reason, query in FALLS_BACK.items():
         assert _plan(pair, query) == reason
@@ -625,7 +626,7 @@ def test_each_request_is_answered_and_counted_once_whichever_door_it_takes(sqlit
     compiles = "{ allSeries(first: 2) { totalCount nodes { seriesInstanceUid modality } } }"
     requests: list[tuple[str, dict[str, Any]]] = [
         (compiles, {"json": {"query": compiles}}),  # the compiled path's own door
-        (FALLS_BACK["Slice.file"], {"json": {"query": FALLS_BACK["Slice.file"]}}),  # declined: on to the view
+        (FALLS_BACK["Query.__schema"], {"json": {"query": FALLS_BACK["Query.__schema"]}}),  # declined: to the view
         (  # the view's door, compiled there
             compiles,
             {
