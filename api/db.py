@@ -379,7 +379,8 @@ class Database:
         """End the connection's transaction and give it back; a connection that cannot is replaced."""
         slot: Connection | None = connection
         try:
-            await asyncio.wait_for(self._reset(connection), RELEASE_TIMEOUT)
+            async with asyncio.timeout(RELEASE_TIMEOUT):  # not wait_for: no task of its own for each request
+                await self._reset(connection)
         except BaseException as exc:
             log.warning("a database connection could not end its transaction (%s); replacing it", _describe(exc))
             await self._close(connection)
