@@ -11,9 +11,10 @@ What the SQL cannot type exactly as the resolvers do (a float beyond what SQLite
 integer beyond GraphQL's 32 bits, a date text Python would read and SQL would not, a missing parent row) comes
 out as `MARKER`, and the operation then runs on the resolvers. A few values are typed in Python after the JSON
 is read (`Fix`): lists of numbers from backslash-joined text (with `api.columns.CONVERTERS` itself), cursors
-(`api.pagination.encode_cursor`), facet values as text, PostgreSQL's floats, which it sends as text so that
-no digit is lost, and what a de-identifying access level shows (`api.masking`: pseudonyms, shifted dates on
-PostgreSQL). Anything else the compiler does not know raises `NotCompiled`, and the resolvers run it.
+(`api.pagination.encode_cursor`), facet values as text, PostgreSQL's floats in `raw` and cursors, which it
+sends as text so that no digit is lost, and what a de-identifying access level shows (`api.masking`:
+pseudonyms, shifted dates on PostgreSQL). Anything else the compiler does not know raises `NotCompiled`, and
+the resolvers run it.
 """
 
 from __future__ import annotations
@@ -157,6 +158,10 @@ class Json:
     def text(self, value: str) -> str:
         return _literal(value)
 
+    def string(self, x: str) -> str:
+        """A text expression as a JSON string."""
+        return x
+
     def least(self, a: str, b: str) -> str:
         return f"min({a}, {b})"
 
@@ -173,7 +178,7 @@ class Json:
         """A column as its GraphQL field shows it (`x`: the stored value, or its numeric twin)."""
         kind, m = column.kind, self.marker
         if kind is Kind.STRING:
-            return x, None
+            return self.string(x), None
         if kind is Kind.INT:
             lo, hi = INT32
             fits = f"typeof({x}) = 'integer' AND {x} BETWEEN {lo} AND {hi}"
@@ -270,6 +275,9 @@ class PostgresJson(Json):
     def text(self, value: str) -> str:
         return f"CAST({_literal(value)} AS text)"
 
+    def string(self, x: str) -> str:
+        return f"to_json({x})"
+
     def least(self, a: str, b: str) -> str:
         return f"LEAST({a}, {b})"
 
@@ -279,7 +287,7 @@ class PostgresJson(Json):
     def typed(self, column: Column, x: str) -> tuple[str, Fix | None]:
         kind, m = column.kind, self.marker
         if kind is Kind.STRING:
-            return f"to_json({x})", None
+            return self.string(x), None
         if kind is Kind.INT:
             lo, hi = INT32
             return (
@@ -356,7 +364,7 @@ SUBQUERIES_KEEP_JSON = _subqueries_keep_json()
 
 
 def _valid_date_flat(x: str) -> str:
-    """`_valid_date` for SQLite, with as few parentheses as it takes (a statement's depth is bounded by SQLite's
+    """`api.sql.valid_date` for SQLite, with as few parentheses as it takes (a statement's depth is bounded by SQLite's
     parser stack): text compared as text (the digits are zero-padded), converted by arithmetic only. SQLite's own
     date() is no check: it gives back '2021-02-30' as it was."""
     y, m, d = f"substr({x}, 1, 4)", f"substr({x}, 6, 2)", f"substr({x}, 9, 2)"
@@ -797,8 +805,7 @@ class Compiler:
         return f"CASE WHEN {x} IS NULL THEN {self.json.marker} ELSE {stored} END", lambda v: prefix + str(keyed(v))
 
     def _id(self, type_name: str, x: str) -> str:
-        text = f"{_literal(type_name + ':')} || {x}"
-        return f"to_json({text})" if isinstance(self.json, PostgresJson) else text
+        return self.json.string(f"{_literal(type_name + ':')} || {x}")
 
     def value_list(self, table: Table, name: str, alias: str) -> str:
         """`Study.modalities`: the distinct values of a child column, sorted (the resolvers take them from the
@@ -828,7 +835,6 @@ class Compiler:
         self.shapes.add("file")
         file_type = get_named_type(self.field_def(type_, "file").type)
         sub, sop = self.alias(), f'{alias}."SOPInstanceUID"'
-        postgres = isinstance(self.json, PostgresJson)
         pairs: list[tuple[str, str]] = []
         urls: list[tuple[str, Fix]] = []
         for key, field_nodes in self.sub_fields(file_type, nodes).items():
@@ -836,12 +842,11 @@ class Compiler:
             if name == "__typename":
                 pairs.append((key, self.json.text(file_type.name)))
             elif name == "path":
-                path = f'max({sub}."Path")'
-                pairs.append((key, f"to_json({path})" if postgres else path))
+                pairs.append((key, self.json.string(f'max({sub}."Path")')))
             elif name == "size":
                 pairs.append((key, self.json.int32(f'max({sub}."Size")')))
             elif name == "url":
-                pairs.append((key, f"to_json({sop})" if postgres else sop))
+                pairs.append((key, self.json.string(sop)))
                 urls.append((key, file_url))
             else:
                 raise NotCompiled(f"{file_type.name}.{name}")
