@@ -127,11 +127,11 @@ def response_too_large(limit: int) -> LimitExceeded:
     )
 
 
-async def encode_response(data: Any, limit: int, size: int | None = None) -> bytes:
+async def encode_response(data: Any, limit: int, expected: int | None = None) -> bytes:
     """`data` as compact UTF-8 JSON (orjson's), made piece by piece, yielding to the event loop every
-    YIELD_BYTES; ResponseTooLarge as soon as it would exceed `limit` bytes. `size`: about how long the text will
-    be, when known (a compiled answer's): under PIECE_BYTES it is written in one call."""
-    if size is not None and size < PIECE_BYTES:
+    YIELD_BYTES; ResponseTooLarge as soon as it would exceed `limit` bytes. `expected`: about how long the text
+    will be, when known (a compiled answer's): under PIECE_BYTES it is written in one call."""
+    if expected is not None and expected < PIECE_BYTES:
         text = dumps(data)
         if len(text) > limit:
             raise ResponseTooLarge(limit)
